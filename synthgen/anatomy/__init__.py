@@ -1,0 +1,1 @@
+"""Anatomy: label vocabulary, label-map operations and the procedural phantom."""

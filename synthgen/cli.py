@@ -1,0 +1,188 @@
+"""The ``synthgen`` command: parses arguments, calls the library, prints.
+
+Errors a user can cause (`synthgen.errors.InputError`) print one line on
+stderr and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from synthgen import __version__
+from synthgen.errors import InputError
+
+EXIT_USAGE = 2
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from synthgen.io import as_label_map, read
+    from synthgen.report.info import describe, format_description, looks_like_label_map
+
+    if args.example:
+        from synthgen.data import example_ct
+
+        vols = list(example_ct(progress=args.progress))
+    elif args.path is None:
+        raise InputError("info needs a PATH (or --example)")
+    elif args.labels is not None:
+        from synthgen.io import read_pair
+
+        vols = list(read_pair(args.path, args.labels, vocab=_vocab(args.vocab), progress=args.progress))
+    else:
+        vocab = _vocab(args.vocab)
+        vol = read(args.path, kind="label" if args.as_labels else None, vocab=vocab, progress=args.progress)
+        if not args.as_labels and looks_like_label_map(vol):
+            vol = as_label_map(vol, vocab=vocab, name=str(args.path))
+        vols = [vol]
+    infos = [describe(v, voxel=args.voxel) for v in vols]
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
+    else:
+        print("\n\n".join(format_description(i) for i in infos))
+    return 0
+
+
+def _vocab(path: str | None):
+    if path is None:
+        return None
+    from synthgen.anatomy.vocab import Vocabulary
+
+    return Vocabulary.from_file(path)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from synthgen.io import format_for_output, read, write
+    from synthgen.io.case import sidecar_path
+    from synthgen.io.record import make_record, write_record
+
+    src, dst = Path(args.input), Path(args.output)
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not args.overwrite:
+        raise InputError(f"{dst}: output is the input; refusing to overwrite it (pass --overwrite)")
+    fmt = format_for_output(dst, args.format)
+    vol = read(src, kind="label" if args.as_labels else None, progress=args.progress)
+    record_path = sidecar_path(dst)
+    if record_path.exists() and not args.overwrite:
+        raise InputError(f"{record_path}: already exists; refusing to overwrite it (pass --overwrite)")
+    out = write(vol, dst, format=fmt, overwrite=args.overwrite, progress=args.progress)
+    record = make_record(
+        "synthgen.convert",
+        parameters={"format": fmt, "kind": vol.kind},
+        inputs=[src],
+        outputs=[out],
+        synthetic=vol.synthetic,
+    )
+    write_record(record, record_path, overwrite=args.overwrite)
+    print(f"wrote {out} ({fmt}) and {record_path.name}")
+    return 0
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from synthgen.config import load_config
+    from synthgen.data import PhantomConfig, phantom
+    from synthgen.io.case import write_case
+    from synthgen.io.record import make_record
+
+    cfg = load_config(PhantomConfig, paths=args.config, overrides=args.overrides)
+    ct, labels = phantom(cfg)
+    record = make_record("synthgen.phantom", parameters={**ct.meta}, seed=cfg.seed)
+    paths = write_case(args.out, args.name, ct=ct, labels=labels, record=record, config=cfg, overwrite=args.overwrite)
+    for role, p in paths.items():
+        print(f"{role:8s} {p}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from synthgen.recipes import run_recipe
+
+    results = run_recipe(args.recipe, args.out, overwrite=args.overwrite, progress=args.progress)
+    for step, paths in results.items():
+        for role, p in paths.items():
+            print(f"{step}: {role:8s} {p}")
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
+    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
+
+
+def _subparser_class(common: argparse.ArgumentParser):
+    class SubParser(argparse.ArgumentParser):
+        def __init__(self, *a, **kw):
+            kw.setdefault("parents", [common])
+            super().__init__(*a, **kw)
+
+    return SubParser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthgen",
+        description="Synthetic data engine for medical imaging: labelled CT, lesions, DRRs, dataset expansion.",
+    )
+    parser.add_argument("--version", action="version", version=f"synthgen {__version__}")
+    _add_common(parser, False)
+    # The same options after the command name; SUPPRESS keeps the top-level value unless given.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_subparser_class(common))
+
+    p = sub.add_parser("info", help="describe a volume: geometry, HU range, label summary")
+    p.add_argument("path", nargs="?", help="NIfTI/NRRD/MHA/MHD file, DICOM file or DICOM series folder")
+    p.add_argument("--example", action="store_true", help="describe the example CT and its label map")
+    p.add_argument("--labels", metavar="L", help="label map of PATH (checked to share its grid) to summarise")
+    p.add_argument("--as-labels", action="store_true", help="read PATH itself as a label map")
+    p.add_argument("--vocab", help="label vocabulary file (JSON or CSV) for label maps")
+    p.add_argument("--voxel", nargs=3, type=int, metavar=("I", "J", "K"), help="also print this voxel's world position")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert between NIfTI, NRRD, MHA/MHD and DICOM")
+    p.add_argument("input", help="input file or DICOM series folder")
+    p.add_argument("output", help="output path: its extension picks the format; a folder means a DICOM series")
+    p.add_argument("--format", choices=["nifti", "nrrd", "mha", "dicom"], help="force the output format")
+    p.add_argument("--as-labels", action="store_true", help="the input is a label map (integer ids)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("phantom", help="write a procedural torso phantom CT + label map")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", default="phantom", help="file name stem (default: phantom)")
+    p.add_argument("--config", action="append", default=[], help="YAML config; repeat to merge overrides in order")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seed=3 spacing=[2,2,2]")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
+    p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per step)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    args.progress = not args.quiet
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        if args.debug:
+            raise
+        print(f"synthgen {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synthgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

