@@ -18,6 +18,7 @@ rendering is then deterministic apart from the noise, which comes from the same
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,7 +108,7 @@ def phantom(
     grid = _Grid(shp, sp)
     canvas = _Canvas(grid, HU, contrast, params["hu_offset"])
     _render(canvas, params)
-    ct = _finish_ct(canvas.hu, sp, noise_hu, rng)
+    ct = _finish_ct(canvas.hu, noise_hu, rng)
 
     meta = {
         "generator": "synthgen.phantom",
@@ -118,9 +119,11 @@ def phantom(
         "contrast": bool(contrast),
         "sampled": params,
     }
-    common = {"source": "synthgen.phantom", "synthetic": True, "modality": "CT", "meta": meta}
-    ct_vol = Volume(ct, grid.affine, kind="intensity", units="HU", **common)
-    lab_vol = Volume(canvas.lab, grid.affine, kind="label", units="id", vocab=Vocabulary.default(), **common)
+    common = {"source": "synthgen.phantom", "synthetic": True, "modality": "CT"}
+    ct_vol = Volume(ct, grid.affine, kind="intensity", units="HU", meta=meta, **common)
+    lab_vol = Volume(
+        canvas.lab, grid.affine, kind="label", units="id", vocab=Vocabulary.default(), meta=copy.deepcopy(meta), **common
+    )
     return ct_vol, lab_vol
 
 
@@ -477,8 +480,8 @@ def _spine(cv: _Canvas, p: dict[str, Any]) -> None:
         ring = np.hypot(x, y - CANAL_Y_MM)
         cv.paint(sl, (ring >= 8.0) & (ring <= 15.0) & (y < SPINE_Y_MM), name, "posterior_elements")
         cv.paint(sl, mid & (np.abs(x) < 4.0) & (y < -85.0) & (y > -100.0), name, "posterior_elements")
-        tp = np.abs(y - CANAL_Y_MM + 2.0) < 5.0
-        cv.paint(sl, mid & tp & (np.abs(x) > 10.0) & (np.abs(x) < (45.0 if lumbar else 38.0)), name, "posterior_elements")
+        tp = (np.abs(y - CANAL_Y_MM + 2.0) < 5.0) & (np.abs(x) > 10.0) & (np.abs(x) < (45.0 if lumbar else 38.0))
+        cv.paint(sl, mid & tp, name, "posterior_elements")
         rho = _ellipse2d(x, y, 0.0, SPINE_Y_MM, ax, ay)
         cv.paint(sl, rho <= 1.0, name, "cortical")
         inner = (rho <= (1.0 - 3.0 / ay) ** 2) & (z > z0 + 2.0) & (z < z1 - 2.0)
@@ -525,7 +528,7 @@ def _ribs(cv: _Canvas, p: dict[str, Any], ctx: dict[str, Any]) -> None:
             cv.hu[i, j, kk] = np.where(bone, cv.tissue["rib"], cv.tissue["cartilage"])
 
 
-def _finish_ct(hu: np.ndarray, spacing: tuple[float, ...], noise_hu: float, rng: np.random.Generator) -> np.ndarray:
+def _finish_ct(hu: np.ndarray, noise_hu: float, rng: np.random.Generator) -> np.ndarray:
     """Soften edges (partial volume), add white noise, clip at the scanner floor (-1024 HU)."""
     from scipy.ndimage import gaussian_filter
 

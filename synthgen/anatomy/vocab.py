@@ -150,24 +150,31 @@ class Vocabulary:
         raise InputError(f"{p}: unsupported vocabulary format {suffix!r}; expected .json or .csv")
 
     def merge(self, other: Vocabulary) -> Vocabulary:
-        """Union of both vocabularies; an id or name mapped differently in each raises `InputError`."""
-        classes = dict(self.classes)
-        for i, name in other.classes.items():
-            if i in classes and classes[i] != name:
-                raise InputError(f"cannot merge vocabularies: id {i} is {classes[i]!r} in one and {name!r} in the other")
-            classes[i] = name
-        groups = dict(self.groups)
-        for g, members in other.groups.items():
-            if g in groups and set(groups[g]) != set(members):
-                raise InputError(f"cannot merge vocabularies: group {g!r} has different members in each")
-            groups[g] = members
-        return Vocabulary(classes, groups, source=f"{self.source} + {other.source}")
+        """Union of both vocabularies; an id, name or group defined differently in each raises `InputError`."""
+        return self._union(other.classes, other.groups, f"{self.source} + {other.source}")
 
     def with_classes(
         self, classes: Mapping[Any, Any], *, groups: Mapping[str, Iterable[str]] | None = None
     ) -> Vocabulary:
-        """This vocabulary plus ``classes`` (``{id: name}`` or ``{name: id}``) and ``groups``."""
-        return self.merge(Vocabulary.from_mapping(classes, groups=groups, source="added classes"))
+        """This vocabulary plus ``classes`` (``{id: name}`` or ``{name: id}``) and ``groups``.
+
+        New groups may name existing classes and groups as well as the new classes.
+        """
+        new = _normalise_mapping(classes, "added classes")
+        return self._union(new, _as_groups(groups or {}, "added groups"), f"{self.source} + added classes")
+
+    def _union(self, classes: Mapping[int, str], groups: Mapping[str, Iterable[str]], source: str) -> Vocabulary:
+        merged = dict(self.classes)
+        for i, name in classes.items():
+            if i in merged and merged[i] != name:
+                raise InputError(f"cannot merge vocabularies: id {i} is {merged[i]!r} in one and {name!r} in the other")
+            merged[i] = name
+        all_groups: dict[str, Any] = dict(self.groups)
+        for g, members in groups.items():
+            if g in all_groups and set(all_groups[g]) != set(members):
+                raise InputError(f"cannot merge vocabularies: group {g!r} has different members in each")
+            all_groups[g] = tuple(members)
+        return Vocabulary(merged, all_groups, source=source)
 
     # ------------------------------------------------------------- lookups
     def name(self, label_id: int) -> str:
@@ -222,7 +229,8 @@ class Vocabulary:
         return hash((tuple(self.classes.items()), tuple(sorted(self.groups.items()))))
 
     def __repr__(self) -> str:
-        return f"Vocabulary({len(self)} classes, ids {self._id_ranges()}, {len(self.groups)} groups, from {self.source})"
+        ids = self._id_ranges()
+        return f"Vocabulary({len(self)} classes, ids {ids}, {len(self.groups)} groups, from {self.source})"
 
     def _id_ranges(self) -> str:
         ids = list(self.classes)
@@ -321,18 +329,22 @@ def _normalise_mapping(mapping: Mapping[Any, Any], where: str) -> dict[int, str]
             name, i = k, _parse_id(v, where)
         else:
             i, name = _parse_id(k, where), v
-        if i == 0:  # background, whatever it is called
-            continue
         if not isinstance(name, str):
             raise InputError(f"{where}: label {i} needs a string name, got {name!r}")
-        name = name.strip()
-        if i in out:
-            raise InputError(f"{where}: duplicate id {i} (names {out[i]!r} and {name!r})")
-        if name in seen:
-            raise InputError(f"{where}: duplicate name {name!r} (ids {seen[name]} and {i})")
-        out[i] = name
-        seen[name] = i
+        _add_class(out, seen, i, name.strip(), where)
     return out
+
+
+def _add_class(classes: dict[int, str], seen: dict[str, int], i: int, name: str, where: str, at: str = "") -> None:
+    """Add one user class, skipping background (0) and refusing duplicate ids or names."""
+    if i == 0:  # background, whatever it is called
+        return
+    if i in classes:
+        raise InputError(f"{where}: duplicate id {i} (names {classes[i]!r} and {name!r}{at})")
+    if name in seen:
+        raise InputError(f"{where}: duplicate name {name!r} (ids {seen[name]} and {i}{at})")
+    classes[i] = name
+    seen[name] = i
 
 
 def _read_json(p: Path) -> Vocabulary:
@@ -381,15 +393,7 @@ def _read_csv(p: Path) -> Vocabulary:
         if len(row) <= max(id_col, name_col):
             raise InputError(f"{p}: row {lineno} has {len(row)} columns, expected at least {len(header)}")
         i = _parse_id(row[id_col], f"{p}: row {lineno}")
-        name = row[name_col].strip()
-        if i == 0:
-            continue
-        if i in classes:
-            raise InputError(f"{p}: duplicate id {i} (names {classes[i]!r} and {name!r}, row {lineno})")
-        if name in seen:
-            raise InputError(f"{p}: duplicate name {name!r} (ids {seen[name]} and {i}, row {lineno})")
-        classes[i] = name
-        seen[name] = i
+        _add_class(classes, seen, i, row[name_col].strip(), str(p), at=f", row {lineno}")
     return Vocabulary(classes, {}, source=str(p))
 
 

@@ -44,7 +44,7 @@ def read_itk(path: Path, fmt: str) -> Volume:
     keys = set(img.GetMetaDataKeys())
     mark = img.GetMetaData(MARK_KEY) if MARK_KEY in keys else ""
     return Volume(
-        np.ascontiguousarray(arr),
+        arr,  # a Fortran-ordered view of ITK's (K, J, I) buffer: indexing [i, j, k] without a copy
         LPS_TO_RAS @ lps,
         source=str(path),
         synthetic=mark.startswith("SYNTHETIC"),

@@ -81,10 +81,9 @@ def format_description(info: dict[str, Any]) -> str:
         world = ", ".join(f"{c:.3f}" for c in info["voxel_world_mm"])
         lines.append(f"voxel        {tuple(info['voxel'])} -> ({world}) mm{val}")
     if "structures" in info:
-        rows = info["structures"]
-        lines.append(f"structures   {len(rows)}")
-        width = max([len(r["name"]) for r in rows] + [4])
-        lines.append(f"  {'id':>5}  {'name':<{width}}  {'voxels':>10}  {'ml':>10}")
-        for r in rows:
-            lines.append(f"  {r['id']:>5}  {r['name']:<{width}}  {r['voxels']:>10}  {r['ml']:>10.2f}")
+        from synthgen.anatomy.vocab import StructureStats, format_summary
+
+        stats = [StructureStats(r["id"], r["name"], r["voxels"], r["ml"]) for r in info["structures"]]
+        lines.append("structures")
+        lines.extend("  " + row for row in format_summary(stats).splitlines())
     return "\n".join(lines)

@@ -78,10 +78,16 @@ def montage(
     width: float = 400.0,
     alpha: float = 0.4,
     height: int = 320,
+    hide: tuple[str, ...] = ("body",),
 ) -> np.ndarray:
-    """RGB uint8 image: axial | coronal | sagittal mid slices, labels blended in colour."""
+    """RGB uint8 image: axial | coronal | sagittal mid slices, labels blended in colour.
+
+    Structures named in ``hide`` (default: the whole-body envelope) are not coloured.
+    """
     canon = ct.to_canonical()
     views = _views(canon)
+    if labels is not None:
+        labels = _hide(labels, hide)
     label_views = _views(labels.to_canonical()) if labels is not None else [None] * 3
     colors = label_colors(int(labels.numpy().max()) + 1 if labels is not None else 1)
     tiles = []
@@ -96,6 +102,16 @@ def montage(
         tiles.append(rgb.astype(np.uint8))
         tiles.append(np.zeros((height, 4, 3), np.uint8))
     return np.concatenate(tiles[:-1], axis=1)
+
+
+def _hide(labels: Volume, names: tuple[str, ...]) -> Volume:
+    vocab = labels.vocab
+    ids = [vocab.id(n) for n in names if vocab is not None and n in vocab]
+    if not ids:
+        return labels
+    arr = labels.numpy().copy()
+    arr[np.isin(arr, ids)] = 0
+    return labels.with_array(arr)
 
 
 def save_png(rgb: np.ndarray, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

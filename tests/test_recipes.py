@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthgen import io
+from synthgen.cli import main
+from synthgen.errors import InputError
+from synthgen.recipes import known_tasks, load_recipe, run_recipe
+
+
+def test_quickstart_recipe_loads():
+    recipe = load_recipe("pipelines/quickstart.yaml")
+    assert [s.task for s in recipe.steps] == ["describe_example", "phantom"]
+
+
+def test_run_phantom_recipe_writes_every_step(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: two\nsteps:\n"
+        "  - {task: phantom, name: a, config: [configs/phantom_small.yaml], overrides: [seed=1]}\n"
+        "  - {task: phantom, name: b, config: [configs/phantom_small.yaml], overrides: [seed=2]}\n"
+    )
+    out = tmp_path / "out"
+    results = run_recipe(recipe, out, progress=False)
+    assert set(results) == {"a", "b"}
+    a = io.read(results["a"]["ct"]).numpy()
+    b = io.read(results["b"]["ct"]).numpy()
+    assert a.shape == (64, 64, 48) and (a != b).any()
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"]["a"]["ct"] == "a/phantom_ct.nii.gz"
+    assert (out / "recipe.yaml").is_file()
+    # A second run refuses to clobber the first.
+    with pytest.raises(InputError, match="already exists"):
+        run_recipe(recipe, out, progress=False)
+
+
+def test_quickstart_recipe_end_to_end(tmp_path, example, capsys):
+    assert main(["run", "pipelines/quickstart.yaml", "--out", str(tmp_path / "demo"), "-q"]) == 0
+    info = json.loads((tmp_path / "demo/describe_example/example_info.json").read_text())
+    assert info["ct"]["shape"] == [512, 512, 133]
+    names = {s["name"] for s in info["labels"]["structures"]}
+    assert {"liver", "aorta", "heart"} <= names
+    assert (tmp_path / "demo/phantom/phantom.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nsteps: []\n", "recipe has no steps"),
+        ("name: x\nsteps:\n  - {task: teleport}\n", "step 1 has unknown task 'teleport'; known: describe_example"),
+        ("name: x\nsteps:\n  - {task: phantom}\n  - {task: phantom}\n", "step names must be unique"),
+        ("name: x\nsteps:\n  - {task: phantom, colour: red}\n", "Key 'colour' not in 'StepConfig'"),
+    ],
+)
+def test_bad_recipes(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_recipe(p)
+
+
+def test_known_tasks_listed():
+    assert {"phantom", "describe_example"} <= set(known_tasks())
