@@ -189,7 +189,9 @@ def test_phantom_command_writes_case_with_config(capsys, tmp_path):
     assert record["synthetic"] is True and record["seed"] == 3 and record["generator"] == "synthgen.phantom"
     ct, lab = io.read_pair(out / "phantom_ct.nii.gz", out / "phantom_labels.nii.gz")
     assert ct.shape == (64, 64, 48) and ct.synthetic and lab.synthetic
-    # Same command again refuses to clobber and leaves the files as they were.
+    # Same command again refuses to clobber and leaves the files as they were; configs are only read.
+    configs = {p: digest(Path(p)) for p in ("configs/phantom.yaml", "configs/phantom_small.yaml")}
     before = digest(out)
     assert main(["phantom", "--out", str(out), "--config", "configs/phantom_small.yaml", "-q"]) == 2
     assert digest(out) == before
+    assert {p: digest(Path(p)) for p in configs} == configs

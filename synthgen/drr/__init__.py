@@ -1,0 +1,1 @@
+"""DRR engine: cone-beam geometry, X-ray physics, ray casting, label projection."""
