@@ -152,6 +152,151 @@ def joseph_adjoint(grad_out, b0, kb, c0, kc, m_lo, m_hi, step, grad_vol):  # pra
                 _bilinear_scatter(plane, b0[r, q] + fm * kb[r, q], c0[r, q] + fm * kc[r, q], g)
 
 
+def separable_plan(plan, *, tol_voxel: float = 1e-4):
+    """Split a Joseph plan into per-row and per-column parts when the geometry allows it.
+
+    When the detector is parallel to the volume's planes and its rows and columns
+    run along the planes' two axes (PA/AP/lateral views of an axis-aligned CT),
+    the point of ray (r, q) on plane m is ``(b0[r] + m kb[r], c0[q] + m kc[q])``:
+    bilinear sampling becomes a column interpolation shared by every row, then a
+    row interpolation of whole contiguous rows. Returns ``(swap, b0, kb, c0, kc, m_lo, m_hi)``
+    where ``swap`` says the plane's (b, c) axes must be exchanged first, or None.
+    """
+    b0, kb, c0, kc, m_lo, m_hi, _ = plan
+    n_planes = max(int(m_hi.max()) + 1, 1)
+    if m_lo.min() != m_lo.max() or m_hi.min() != m_hi.max() or m_hi.max() < m_lo.min():
+        return None
+
+    def varies(x0, k, axis):
+        spread0 = np.abs(x0 - x0.take([0], axis=axis)).max()
+        spread_k = np.abs(k - k.take([0], axis=axis)).max()
+        return spread0 + n_planes * spread_k > tol_voxel
+
+    if not varies(b0, kb, 1) and not varies(c0, kc, 0):
+        return False, b0[:, 0].copy(), kb[:, 0].copy(), c0[0].copy(), kc[0].copy(), int(m_lo[0, 0]), int(m_hi[0, 0])
+    if not varies(b0, kb, 0) and not varies(c0, kc, 1):
+        return True, c0[:, 0].copy(), kc[:, 0].copy(), b0[0].copy(), kb[0].copy(), int(m_lo[0, 0]), int(m_hi[0, 0])
+    return None
+
+
+@numba.njit(**_JIT)
+def _column_weights(c0, kc, fm, n_c, ic, fc):  # pragma: no cover - compiled
+    """Left column index and weight of every detector column's sample on plane m (ic = -2: no sample)."""
+    for q in range(c0.shape[0]):
+        pc = c0[q] + fm * kc[q]
+        f = math.floor(pc)
+        ic[q] = int(f) if pc > -1.0 and pc < n_c else -2
+        fc[q] = pc - f
+
+
+@numba.njit(**_JIT)
+def _sample_row(plane, b, ic, fc, out_row):  # pragma: no cover - compiled
+    """out_row[q, ch] = linear interpolation of plane[b] at columns ic[q] + fc[q] (zero outside)."""
+    n_c = plane.shape[1]
+    n_ch = plane.shape[2]
+    for q in range(ic.shape[0]):
+        i = ic[q]
+        f = fc[q]
+        for ch in range(n_ch):
+            v = np.float32(0)
+            if i >= 0:
+                v += (1 - f) * plane[b, i, ch]
+            if i >= -1 and i + 1 < n_c:
+                v += f * plane[b, i + 1, ch]
+            out_row[q, ch] = v
+
+
+@numba.njit(**_JIT)
+def _lerp_rows_add(rows_cache, ib, wb, acc):  # pragma: no cover - compiled
+    """acc += (1 - wb) * rows_cache[ib] + wb * rows_cache[ib + 1], rows outside the plane being zero."""
+    n_b, cols, n_ch = rows_cache.shape
+    w0 = (1 - wb) if 0 <= ib < n_b else np.float32(0)
+    w1 = wb if 0 <= ib + 1 < n_b else np.float32(0)
+    i0 = min(max(ib, 0), n_b - 1)
+    i1 = min(max(ib + 1, 0), n_b - 1)
+    for q in range(cols):
+        for ch in range(n_ch):
+            acc[q, ch] += w0 * rows_cache[i0, q, ch] + w1 * rows_cache[i1, q, ch]
+
+
+@numba.njit(**_JIT)
+def _lerp_rows_scatter(g, ib, wb, rowsum):  # pragma: no cover - compiled
+    """Adjoint of `_lerp_rows_add`: rowsum[ib] += (1 - wb) g, rowsum[ib + 1] += wb g (inside the plane)."""
+    n_b, cols, n_ch = rowsum.shape
+    for k in range(2):
+        b = ib + k
+        if 0 <= b < n_b:
+            w = wb if k else 1 - wb
+            for q in range(cols):
+                for ch in range(n_ch):
+                    rowsum[b, q, ch] += w * g[q, ch]
+
+
+@numba.njit(parallel=True, **_JIT)
+def separable_forward(vol, b0, kb, c0, kc, m_lo, m_hi, step, out, block):  # pragma: no cover - compiled
+    """Joseph's method for separable geometries (see `separable_plan`), parallel over blocks of rows."""
+    n_b, n_c, n_ch = vol.shape[1], vol.shape[2], vol.shape[3]
+    rows, cols = b0.shape[0], c0.shape[0]
+    for bi in prange((rows + block - 1) // block):
+        r0 = bi * block
+        r1 = min(rows, r0 + block)
+        acc = np.zeros((r1 - r0, cols, n_ch), dtype=np.float32)
+        ic = np.empty(cols, dtype=np.int64)
+        fc = np.empty(cols, dtype=np.float32)
+        cache = np.empty((n_b, cols, n_ch), dtype=np.float32)
+        for m in range(m_lo, m_hi + 1):
+            plane = vol[m]
+            fm = np.float32(m)
+            _column_weights(c0, kc, fm, n_c, ic, fc)
+            lo, hi = n_b, -1
+            for r in range(r0, r1):
+                ib = int(math.floor(b0[r] + fm * kb[r]))
+                lo = min(lo, max(ib, 0))
+                hi = max(hi, min(ib + 1, n_b - 1))
+            for b in range(lo, hi + 1):
+                _sample_row(plane, b, ic, fc, cache[b])
+            for r in range(r0, r1):
+                pb = b0[r] + fm * kb[r]
+                f = math.floor(pb)
+                _lerp_rows_add(cache, int(f), np.float32(pb - f), acc[r - r0])
+        for r in range(r0, r1):
+            for q in range(cols):
+                for ch in range(n_ch):
+                    out[r, q, ch] = acc[r - r0, q, ch] * step[r, q]
+
+
+@numba.njit(parallel=True, **_JIT)
+def separable_adjoint(grad_out, b0, kb, c0, kc, m_lo, m_hi, step, grad_vol):  # pragma: no cover - compiled
+    """grad_vol += adjoint of `separable_forward` (parallel over planes: no write races)."""
+    n_b, n_c, n_ch = grad_vol.shape[1], grad_vol.shape[2], grad_vol.shape[3]
+    rows, cols = b0.shape[0], c0.shape[0]
+    g = np.empty((rows, cols, n_ch), dtype=np.float32)
+    for r in range(rows):
+        for q in range(cols):
+            for ch in range(n_ch):
+                g[r, q, ch] = grad_out[r, q, ch] * step[r, q]
+    for m in prange(m_lo, m_hi + 1):
+        fm = np.float32(m)
+        ic = np.empty(cols, dtype=np.int64)
+        fc = np.empty(cols, dtype=np.float32)
+        _column_weights(c0, kc, fm, n_c, ic, fc)
+        rowsum = np.zeros((n_b, cols, n_ch), dtype=np.float32)
+        for r in range(rows):
+            pb = b0[r] + fm * kb[r]
+            f = math.floor(pb)
+            _lerp_rows_scatter(g[r], int(f), np.float32(pb - f), rowsum)
+        plane = grad_vol[m]
+        for b in range(n_b):
+            for q in range(cols):
+                i = ic[q]
+                f = fc[q]
+                for ch in range(n_ch):
+                    if i >= 0:
+                        plane[b, i, ch] += (1 - f) * rowsum[b, q, ch]
+                    if i >= -1 and i + 1 < n_c:
+                        plane[b, i + 1, ch] += f * rowsum[b, q, ch]
+
+
 @numba.njit(**_JIT)
 def _clip_to_box(s, dv, shape):  # pragma: no cover - compiled
     """Parameter interval [t0, t1] of the ray s + t*dv inside the voxel box [-0.5, n-0.5]^3, t in [0, 1]."""

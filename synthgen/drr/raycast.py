@@ -28,6 +28,9 @@ from synthgen.errors import InputError
 
 Method = Literal["joseph", "siddon"]
 
+#: Detector rows per parallel task of the separable kernel (its scratch fits in L2).
+_ROW_BLOCK = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class RaySet:
@@ -61,21 +64,20 @@ def voxel_rays(affine: np.ndarray, source_mm, targets_mm) -> RaySet:
 
 
 class _NumbaProject(torch.autograd.Function):
-    """Autograd wrapper of the CPU kernels: forward projection and its adjoint."""
+    """Autograd wrapper of the CPU kernels: forward projection and its adjoint (back-projection)."""
 
     @staticmethod
-    def forward(ctx, vol: torch.Tensor, rays: RaySet, method: str) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, vol: torch.Tensor, kind: str, args: tuple) -> torch.Tensor:  # type: ignore[override]
         from synthgen.drr import _kernels
 
-        v = vol.detach().contiguous().numpy()
-        out = np.zeros((*rays.delta.shape[:2], v.shape[-1]), dtype=np.float32)
-        if method == "joseph":
-            args = _kernels.joseph_plan(rays.source, rays.delta, rays.length_mm, v.shape[0])
-            _kernels.joseph_forward(v, *args, out)
+        v = vol.detach().numpy()
+        rows, cols = args[-1].shape
+        out = np.zeros((rows, cols, v.shape[-1]), dtype=np.float32)
+        if kind == "separable":
+            _kernels.separable_forward(v, *args, out, _ROW_BLOCK)
         else:
-            args = (rays.source, rays.delta, rays.length_mm)
-            _kernels.siddon_forward(v, *args, out)
-        ctx.args, ctx.method, ctx.shape = args, method, v.shape
+            getattr(_kernels, f"{kind}_forward")(v, *args, out)
+        ctx.kind, ctx.args, ctx.shape = kind, args, v.shape
         return torch.from_numpy(out)
 
     @staticmethod
@@ -83,9 +85,25 @@ class _NumbaProject(torch.autograd.Function):
         from synthgen.drr import _kernels
 
         grad = np.zeros(ctx.shape, dtype=np.float32)
-        adjoint = _kernels.joseph_adjoint if ctx.method == "joseph" else _kernels.siddon_adjoint
-        adjoint(grad_out.detach().to(torch.float32).contiguous().numpy(), *ctx.args, grad)
+        g = np.ascontiguousarray(grad_out.detach().to(torch.float32).numpy())
+        getattr(_kernels, f"{ctx.kind}_adjoint")(g, *ctx.args, grad)
         return torch.from_numpy(grad), None, None
+
+
+def _cpu_plan(rays: RaySet, n_a: int, method: Method) -> tuple[str, tuple, tuple[int, int, int]]:
+    """Choose the CPU kernel; returns (kernel kind, its arguments, the volume layout it reads)."""
+    from synthgen.drr import _kernels
+
+    if method == "siddon":
+        # siddon's step argument slot is the per-ray world length
+        return "siddon", (rays.source, rays.delta, rays.length_mm), rays.perm
+    plan = _kernels.joseph_plan(rays.source, rays.delta, rays.length_mm, n_a)
+    sep = _kernels.separable_plan(plan)
+    if sep is None:
+        return "joseph", plan, rays.perm
+    swap, *rest = sep
+    a, b, c = rays.perm
+    return "separable", (*rest, plan[-1]), ((a, c, b) if swap else rays.perm)
 
 
 def _joseph_torch(vol: torch.Tensor, rays: RaySet, *, max_chunk_bytes: int) -> torch.Tensor:
@@ -122,6 +140,7 @@ def project_volume(
     targets_mm,
     *,
     method: Method = "joseph",
+    layout_cache: dict | None = None,
     max_chunk_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
     """Line integrals of ``values`` (C, I, J, K) or (I, J, K) along rays from ``source_mm`` to each pixel.
@@ -131,6 +150,11 @@ def project_volume(
         affine: the volume's voxel -> RAS mm affine.
         source_mm: (3,) world position of the X-ray source.
         targets_mm: (rows, cols, 3) world positions of the pixel centres.
+        method: ``"joseph"`` (fast, interpolating) or ``"siddon"`` (exact path lengths).
+        layout_cache: a dict kept by the caller across views of the same volume: the
+            channel-last copy each view reads is made once per axis order, not per view
+            (ignored when ``values`` requires grad).
+        max_chunk_bytes: bound on the scratch memory of the CUDA path.
     Returns:
         (C, rows, cols) float32 tensor (or (rows, cols) for a 3D input) of integrals in value x mm.
     """
@@ -141,15 +165,30 @@ def project_volume(
     if vol.ndim != 4 or 0 in vol.shape:
         raise InputError(f"values must be a non-empty (C, I, J, K) or (I, J, K) tensor, got shape {tuple(values.shape)}")
     rays = voxel_rays(affine, source_mm, targets_mm)
-    vol = vol.to(torch.float32).permute(*[p + 1 for p in rays.perm], 0)  # (n_a, n_b, n_c, C)
-    if vol.device.type == "cpu":
-        out = _NumbaProject.apply(vol.contiguous(), rays, method)
-    elif method == "joseph":
-        out = _joseph_torch(vol, rays, max_chunk_bytes=max_chunk_bytes)
+    cuda_joseph = vol.device.type != "cpu" and method == "joseph"
+    if cuda_joseph:
+        kind, args, layout = "torch", (), rays.perm
     else:
-        out = _NumbaProject.apply(vol.cpu().contiguous(), rays, method).to(vol.device)
+        kind, args, layout = _cpu_plan(rays, vol.shape[1 + rays.perm[0]], method)
+    laid = _laid_out(vol, layout, layout_cache, cpu=not cuda_joseph)
+    if cuda_joseph:
+        out = _joseph_torch(laid, rays, max_chunk_bytes=max_chunk_bytes)
+    else:
+        out = _NumbaProject.apply(laid, kind, args).to(vol.device)
     out = out.permute(2, 0, 1)
     return out[0] if squeeze else out
+
+
+def _laid_out(vol: torch.Tensor, layout: tuple[int, int, int], cache: dict | None, *, cpu: bool) -> torch.Tensor:
+    """``vol`` (C, I, J, K) as a contiguous float32 (n_a, n_b, n_c, C) tensor in the given axis order."""
+    key = (layout, cpu)
+    if cache is not None and not vol.requires_grad and key in cache:
+        return cache[key]
+    laid = vol.to(torch.float32).permute(*[p + 1 for p in layout], 0)
+    laid = (laid.cpu() if cpu else laid).contiguous()
+    if cache is not None and not vol.requires_grad:
+        cache[key] = laid
+    return laid
 
 
 def project_labels(

@@ -1,0 +1,149 @@
+"""The `synthgen drr` job: views of one CT rendered and written with their labels and records."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from synthgen.drr.geometry import Projection, parse_view
+from synthgen.drr.render import DRR, DRRRenderer, XRaySettings
+from synthgen.errors import InputError
+from synthgen.volume import Volume
+
+
+@dataclasses.dataclass
+class DRRConfig:
+    """Schema of configs/drr*.yaml and of the ``synthgen drr`` options.
+
+    ``views``: named views (PA, AP, LAT, RLAT) or C-arm angles (LAO30, RAO20_CAU10, ...);
+    ``geometry``: JSON files with explicit world geometries (see README), rendered too.
+    ``spacing_mm`` None fits the volume in the detector; ``sid_mm`` None is the view's default.
+    """
+
+    views: list[str] = dataclasses.field(default_factory=lambda: ["PA"])
+    geometry: list[str] = dataclasses.field(default_factory=list)
+    size: list[int] = dataclasses.field(default_factory=lambda: [512, 512])
+    spacing_mm: float | None = None
+    sdd_mm: float = 1020.0
+    sid_mm: float | None = None
+    seed: int = 0
+    physics: XRaySettings = dataclasses.field(default_factory=XRaySettings)
+
+
+def projections(config: DRRConfig, ct: Volume) -> list[Projection]:
+    """The geometries a config asks for: its named views, then its geometry files."""
+    if not config.views and not config.geometry:
+        raise InputError("no view to render: give --view and/or --geometry")
+    if len(config.size) not in (1, 2) or min(config.size) < 1:
+        raise InputError(f"size must be 1 or 2 positive ints (rows, cols), got {list(config.size)}")
+    size = (config.size[0], config.size[-1])
+    kw = {"size": size, "spacing_mm": config.spacing_mm, "sdd_mm": config.sdd_mm}
+    if config.sid_mm is not None:
+        kw["sid_mm"] = config.sid_mm
+    out = [parse_view(v, ct, **kw) for v in config.views]
+    for g in config.geometry:
+        p = Projection.from_json(g)
+        p.check_faces(ct)
+        out.append(p)
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"two views share a name ({', '.join(names)}); give geometry files distinct names")
+    return out
+
+
+def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, record: dict | None = None) -> dict[str, Path]:
+    """Write one view: ``<view>.png`` (16-bit display), ``<view>_line_integral.npy``,
+    ``<view>_intensity.npy`` (float32), ``<view>_labels.npz`` + ``<view>_overlay.png`` when
+    labels were projected, and ``<view>.json`` (geometry, projection matrix, physics, provenance).
+    """
+    from synthgen.drr.physics import to_uint16
+    from synthgen.io.atomic import atomic_path, check_writable
+    from synthgen.io.record import write_record
+
+    out = Path(out_dir)
+    stem = drr.projection.name
+    paths = {
+        "display": out / f"{stem}.png",
+        "line_integral": out / f"{stem}_line_integral.npy",
+        "intensity": out / f"{stem}_intensity.npy",
+        "record": out / f"{stem}.json",
+    }
+    if drr.masks:
+        paths["labels"] = out / f"{stem}_labels.npz"
+        paths["overlay"] = out / f"{stem}_overlay.png"
+    for p in paths.values():
+        check_writable(p, overwrite=overwrite)
+    _save_png16(to_uint16(drr.display.detach().cpu()), paths["display"], overwrite=overwrite)
+    for key, t in (("line_integral", drr.line_integral), ("intensity", drr.intensity)):
+        with atomic_path(paths[key], overwrite=overwrite) as tmp:
+            np.save(tmp, t.detach().cpu().numpy().astype(np.float32))
+    if drr.masks:
+        names = sorted(drr.masks)
+        with atomic_path(paths["labels"], overwrite=overwrite) as tmp:
+            np.savez_compressed(
+                tmp,
+                names=np.array(names),
+                masks=np.stack([drr.masks[n] for n in names]),
+                thickness_mm=np.stack([drr.thickness_mm[n] for n in names]),
+            )
+        from synthgen.report.montage import save_png
+
+        save_png(overlay(drr), paths["overlay"], overwrite=overwrite)
+    write_record({**(record or {}), **drr.record(), "outputs": [p.name for p in paths.values()]}, paths["record"], overwrite=overwrite)
+    return paths
+
+
+def _save_png16(img: np.ndarray, path: Path, *, overwrite: bool) -> None:
+    from PIL import Image
+
+    from synthgen.io.atomic import atomic_path
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Image.fromarray(img.astype(np.uint16)).save(tmp, format="PNG")
+
+
+def overlay(drr: DRR, *, alpha: float = 0.35) -> np.ndarray:
+    """RGB uint8 picture of the display image with every projected structure tinted in its colour."""
+    from synthgen.report.montage import label_colors
+
+    gray = (drr.display.detach().cpu().numpy() * 255).astype(np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    vocab_ids = _ids_by_name(drr)
+    colors = label_colors(max(vocab_ids.values(), default=0) + 1).astype(np.float32)
+    for name, mask in sorted(drr.masks.items(), key=lambda kv: -kv[1].sum()):
+        if name == "body":
+            continue
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors[vocab_ids[name]]
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def _ids_by_name(drr: DRR) -> dict[str, int]:
+    from synthgen.anatomy.vocab import Vocabulary
+
+    vocab = Vocabulary.default()
+    return {n: (vocab.id(n) if n in vocab else 1 + k) for k, n in enumerate(sorted(drr.masks))}
+
+
+def run(
+    ct: Volume,
+    config: DRRConfig,
+    out_dir: str | os.PathLike,
+    *,
+    labels: Volume | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    record: dict | None = None,
+) -> dict[str, dict[str, Path]]:
+    """Render every view of ``config`` and write it to ``out_dir``; returns the paths per view."""
+    from tqdm.auto import tqdm
+
+    views = projections(config, ct)
+    renderer = DRRRenderer(ct, labels=labels, bone_hu=config.physics.bone_hu)
+    written = {}
+    for k, proj in enumerate(tqdm(views, desc="drr", unit="view", disable=not progress)):
+        drr = renderer.render(proj, config.physics, seed=config.seed + k)
+        written[proj.name] = write_drr(drr, out_dir, overwrite=overwrite, record=record)
+    return written
