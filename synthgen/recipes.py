@@ -19,10 +19,14 @@ from synthgen.errors import InputError
 
 @dataclasses.dataclass
 class StepConfig:
+    """One step: a registered ``task``, its config files and overrides, and its input files
+    (tasks that read a scan take ``inputs: [CT, LABELS]``; none means the example CT)."""
+
     task: str = "???"
     name: str | None = None
     config: list[str] = dataclasses.field(default_factory=list)
     overrides: list[str] = dataclasses.field(default_factory=list)
+    inputs: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -75,6 +79,38 @@ def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict
     write_text(paths["info"], json.dumps(info, indent=2) + "\n", overwrite=overwrite)
     save_png(montage(ct, labels), paths["preview"], overwrite=overwrite)
     return paths
+
+
+@task("drr")
+def _drr_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """X-ray views of a CT (and its labels): configs/drr.yaml schema (`synthgen.drr.job.DRRConfig`)."""
+    from synthgen.config import load_config, save_config
+    from synthgen.drr.job import DRRConfig, run
+    from synthgen.io.record import make_record
+
+    cfg = load_config(DRRConfig, paths=step.config, overrides=step.overrides)
+    ct, labels, inputs = _scan(step)
+    record = make_record("synthgen.drr", parameters={}, seed=cfg.seed, inputs=inputs)
+    written = run(ct, cfg, out, labels=labels, overwrite=overwrite, progress=False, record=record)
+    paths = {f"{view}_{role}": p for view, ps in written.items() for role, p in ps.items()}
+    paths["config"] = save_config(cfg, out / "config.yaml", overwrite=overwrite)
+    return paths
+
+
+def _scan(step: StepConfig):
+    """The (ct, labels, input paths) a step reads: its ``inputs`` or the example CT."""
+    from synthgen.io import read, read_pair
+
+    if not step.inputs:
+        from synthgen.data import example_ct, example_dir
+
+        ct, labels = example_ct()
+        return ct, labels, [example_dir() / "cxr.nii.gz", example_dir() / "mask.nii.gz"]
+    if len(step.inputs) > 2:
+        raise InputError(f"step {step.name or step.task}: inputs are [CT] or [CT, LABELS], got {step.inputs}")
+    if len(step.inputs) == 2:
+        return (*read_pair(*step.inputs), step.inputs)
+    return read(step.inputs[0]), None, step.inputs
 
 
 def known_tasks() -> list[str]:

@@ -208,15 +208,16 @@ def _sample_row(plane, b, ic, fc, out_row):  # pragma: no cover - compiled
 
 @numba.njit(**_JIT)
 def _lerp_rows_add(rows_cache, ib, wb, acc):  # pragma: no cover - compiled
-    """acc += (1 - wb) * rows_cache[ib] + wb * rows_cache[ib + 1], rows outside the plane being zero."""
+    """acc += (1 - wb) * rows_cache[ib] + wb * rows_cache[ib + 1]; rows outside the plane are zero
+    and are never read (the cache only holds the rows sampled for the current plane)."""
     n_b, cols, n_ch = rows_cache.shape
-    w0 = (1 - wb) if 0 <= ib < n_b else np.float32(0)
-    w1 = wb if 0 <= ib + 1 < n_b else np.float32(0)
-    i0 = min(max(ib, 0), n_b - 1)
-    i1 = min(max(ib + 1, 0), n_b - 1)
-    for q in range(cols):
-        for ch in range(n_ch):
-            acc[q, ch] += w0 * rows_cache[i0, q, ch] + w1 * rows_cache[i1, q, ch]
+    for k in range(2):
+        b = ib + k
+        if 0 <= b < n_b:
+            w = wb if k else 1 - wb
+            for q in range(cols):
+                for ch in range(n_ch):
+                    acc[q, ch] += w * rows_cache[b, q, ch]
 
 
 @numba.njit(**_JIT)

@@ -35,7 +35,7 @@ class XRaySettings:
     line integral shown as white (None: the image's 99.5th percentile).
     """
 
-    kvp: float | None = None
+    kvp: float | None = None  # None (and no kev): DEFAULT_KVP
     kev: float | None = None
     filtration_mm_al: float = 2.5
     detector: str = "energy_integrating"  # or "photon_counting"
@@ -50,8 +50,6 @@ class XRaySettings:
     def __post_init__(self) -> None:
         if self.kvp is not None and self.kev is not None:
             raise InputError(f"give one of kvp or kev, not both, got kvp={self.kvp}, kev={self.kev}")
-        if self.kvp is None and self.kev is None:
-            object.__setattr__(self, "kvp", DEFAULT_KVP)
         if self.photons_per_pixel is not None and not self.photons_per_pixel > 0:
             raise InputError(f"photons_per_pixel (dose) must be > 0, got {self.photons_per_pixel}")
         if self.detector not in ("energy_integrating", "photon_counting"):
@@ -85,8 +83,8 @@ class DRR:
     def record(self) -> dict[str, Any]:
         """Geometry (with its projection matrix) and physics as a JSON-able dict."""
         spec = None
-        if self.settings.kvp is not None:
-            s = physics.spectrum(self.settings.kvp, filtration_mm_al=self.settings.filtration_mm_al)
+        if self.settings.kev is None:
+            s = physics.spectrum(self.settings.kvp or DEFAULT_KVP, filtration_mm_al=self.settings.filtration_mm_al)
             spec = {"kvp": s.kvp, "filtration_mm_al": s.filtration_mm_al, "mean_kev": round(s.mean_kev, 3), "model": s.model}
         return {
             "view": self.projection.name,
@@ -162,7 +160,7 @@ class DRRRenderer:
         if settings.kev is not None:
             inten = physics.intensity(water, bone, energy_kev=settings.kev, detector=settings.detector)
         else:
-            spec = physics.spectrum(settings.kvp, filtration_mm_al=settings.filtration_mm_al)
+            spec = physics.spectrum(settings.kvp or DEFAULT_KVP, filtration_mm_al=settings.filtration_mm_al)
             inten = physics.intensity(water, bone, spectrum=spec, detector=settings.detector)
         if settings.scatter_to_primary > 0:
             inten = physics.add_scatter(inten, scatter_to_primary=settings.scatter_to_primary)
