@@ -200,6 +200,18 @@ def test_more_bone_is_darker_and_higher_kvp_penetrates_more():
     assert kvps[0] < kvps[1] < kvps[2]
 
 
+def test_display_looks():
+    ct = slab_ct(16.0)
+    proj = named_view("PA", ct, size=(9, 31))
+    renderer = DRRRenderer(ct)
+    film = renderer.render(proj, XRaySettings(kev=70.0)).display
+    fluoro = renderer.render(proj, XRaySettings(kev=70.0, display="fluoroscopy")).display
+    # the bone slab sits at the centre columns: bright on film, dark in fluoroscopy
+    assert film[4, 15] > film[4, 2] and fluoro[4, 15] < fluoro[4, 2]
+    with pytest.raises(InputError, match="display must be 'radiograph' or 'fluoroscopy'"):
+        XRaySettings(display="negative")
+
+
 def test_noise_is_seeded_and_poisson():
     ct = slab_ct(0.0)
     proj = named_view("PA", ct, size=(64, 64), spacing_mm=0.5)

@@ -44,6 +44,7 @@ class XRaySettings:
     scatter_to_primary: float = 0.0
     bone_hu: float = 1900.0
     method: str = "joseph"  # or "siddon" (exact, slower)
+    display: str = "radiograph"  # bone bright (film look), or "fluoroscopy": bone dark, I/I0 shown directly
     display_high: float | None = None
     mask_threshold_mm: float = 1.0
 
@@ -54,6 +55,8 @@ class XRaySettings:
             raise InputError(f"photons_per_pixel (dose) must be > 0, got {self.photons_per_pixel}")
         if self.detector not in ("energy_integrating", "photon_counting"):
             raise InputError(f"detector must be 'energy_integrating' or 'photon_counting', got {self.detector!r}")
+        if self.display not in ("radiograph", "fluoroscopy"):
+            raise InputError(f"display must be 'radiograph' or 'fluoroscopy', got {self.display!r}")
         if self.method not in ("joseph", "siddon"):
             raise InputError(f"method must be 'joseph' or 'siddon', got {self.method!r}")
         if not self.mask_threshold_mm >= 0:
@@ -65,8 +68,8 @@ class DRR:
     """One rendered view. Maps are (rows, cols) float32 tensors on the renderer's device.
 
     ``water_g_cm3_mm``/``bone_g_cm3_mm``: material line integrals; ``intensity``: I/I0 after
-    noise and scatter; ``line_integral``: ``-log(intensity)``; ``display``: radiograph look in
-    [0, 1] (bone bright). ``thickness_mm``/``masks``: per-structure maps named by the vocabulary.
+    noise and scatter; ``line_integral``: ``-log(intensity)``; ``display``: [0, 1], radiograph
+    look (bone bright) or fluoroscopy look (bone dark) per ``settings.display``. ``thickness_mm``/``masks``: per-structure maps named by the vocabulary.
     """
 
     projection: Projection
@@ -173,7 +176,10 @@ class DRRRenderer:
                 generator=gen,
             )
         line = physics.line_integral_from_intensity(inten)
-        display = physics.radiograph(line, high=settings.display_high)
+        if settings.display == "radiograph":
+            display = physics.radiograph(line, high=settings.display_high)
+        else:
+            display = physics.fluoroscopy(inten)
         thickness, masks = {}, {}
         if with_labels and self.labels is not None:
             thickness = self.project_labels(projection)
