@@ -101,7 +101,7 @@ def _prepare_synthgen(case: str, ct, hu, mu, proj) -> Prepared:
 
     renderer = DRRRenderer(ct)
     if case == "synthgen-render":
-        settings = XRaySettings()
+        settings = XRaySettings(kvp=120.0)  # the default beam, named so a change of default cannot move it
         note = f"{settings.kvp:g} kVp spectrum, {settings.method}; image: -log(I/I0)"
         return Prepared(lambda: renderer.render(proj, settings), lambda d: d.line_integral.numpy(), None, note)
     method = case.split("-")[1]
@@ -213,24 +213,30 @@ def _prepare_itk(case: str, ct, hu, mu, proj) -> Prepared:
 
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(ITK_THREADS)
     image_t = itk.Image[itk.F, 3]
-    lps = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS
-    linear = lps @ ct.affine[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
+    # ITK's ray caster ignores the image direction (it maps a point to voxels by origin and spacing
+    # only), so everything is expressed in the volume's own frame: p_vol = R^T (p_world - t), where
+    # the CT's affine is [R diag(spacing) | t]. That map is rigid (R may be a reflection), so lengths
+    # in mm are kept, and the image gets origin 0, the CT's spacing and the identity direction.
+    spacing = np.linalg.norm(ct.affine[:3, :3], axis=0)
+    rot_t = (ct.affine[:3, :3] / spacing).T
+
+    def to_vol(p_mm: np.ndarray) -> np.ndarray:
+        return (np.asarray(p_mm) - ct.affine[:3, 3]) @ rot_t.T
+
     volume = itk.GetImageFromArray(np.ascontiguousarray(mu.numpy().transpose(2, 1, 0)))  # ITK index (i, j, k)
     volume.SetSpacing(spacing.tolist())
-    volume.SetOrigin((lps @ ct.affine[:3, 3]).tolist())
-    volume.SetDirection(itk.matrix_from_array(np.ascontiguousarray(linear / spacing)))
+    volume.SetOrigin([0.0, 0.0, 0.0])
 
     identity = itk.IdentityTransform[itk.D, 3].New()
     interp = itk.RayCastInterpolateImageFunction[image_t, itk.D].New()
     interp.SetTransform(identity)
     interp.SetThreshold(0.0)  # mu >= 0: sums every sample
-    interp.SetFocalPoint(itk.Point[itk.D, 3]((lps @ proj.source_mm).tolist()))
+    interp.SetFocalPoint(itk.Point[itk.D, 3](to_vol(proj.source_mm).tolist()))
 
     # The detector as a one-slice output image: index (c, r, 0) at the centre of pixel (r, c).
     rows, cols = proj.size
     du, dv = proj.pixel_spacing_mm
-    u, v = lps @ proj.u_axis, lps @ proj.v_axis
+    u, v = rot_t @ proj.u_axis, rot_t @ proj.v_axis
     out_dir = np.stack([u, v, np.cross(u, v)], axis=1)
     resample = itk.ResampleImageFilter[image_t, image_t].New()
     resample.SetInput(volume)
@@ -239,21 +245,22 @@ def _prepare_itk(case: str, ct, hu, mu, proj) -> Prepared:
     resample.SetDefaultPixelValue(0.0)
     resample.SetSize([cols, rows, 1])
     resample.SetOutputSpacing([du, dv, 1.0])
-    resample.SetOutputOrigin((lps @ proj.pixel_centers_mm()[0, 0]).tolist())
+    resample.SetOutputOrigin(to_vol(proj.pixel_centers_mm()[0, 0]).tolist())
     resample.SetOutputDirection(itk.matrix_from_array(np.ascontiguousarray(out_dir)))
     resample.UpdateOutputInformation()
     out = resample.GetOutput()
     corners = [(0, 0), (0, cols - 1), (rows - 1, 0), (rows - 1, cols - 1)]
-    got = np.array([lps @ np.array(out.TransformIndexToPhysicalPoint([c, r, 0])) for r, c in corners])
-    want = np.array([proj.pixel_centers_mm()[r, c] for r, c in corners])
-    err = max(_max_dist(got, want), _max_dist(lps @ np.array(interp.GetFocalPoint()), proj.source_mm))
+    got = np.array([out.TransformIndexToPhysicalPoint([c, r, 0]) for r, c in corners], dtype=np.float64)
+    want = to_vol(np.array([proj.pixel_centers_mm()[r, c] for r, c in corners]))
+    err = max(_max_dist(got, want), _max_dist(np.array(interp.GetFocalPoint()), to_vol(proj.source_mm)))
 
     def render():
         resample.Modified()
         resample.Update()
         return resample.GetOutput()
 
-    return Prepared(render, lambda img: itk.array_from_image(img)[0].copy(), err, f"ResampleImageFilter, {ITK_THREADS} threads")
+    note = f"ResampleImageFilter, {ITK_THREADS} threads"
+    return Prepared(render, lambda img: itk.array_from_image(img)[0].copy(), err, note)
 
 
 PREPARE = {
@@ -263,6 +270,17 @@ PREPARE = {
     "nanodrr": _prepare_nanodrr,
     "itk": _prepare_itk,
 }
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine from /proc/stat, CPU seconds of this process) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    return busy, own.ru_utime + own.ru_stime
 
 
 def run_case(case: str, size: int, repeat: int, image_out: Path) -> dict[str, Any]:
@@ -275,10 +293,12 @@ def run_case(case: str, size: int, repeat: int, image_out: Path) -> dict[str, An
     result = prep.render()
     first_s = time.perf_counter() - t0
     times = []
+    busy0, own0 = _cpu_seconds()
     for _ in range(repeat):
         t0 = time.perf_counter()
         result = prep.render()
         times.append(time.perf_counter() - t0)
+    busy1, own1 = _cpu_seconds()
     img = np.asarray(prep.image(result), dtype=np.float64)
     if img.shape != proj.size:
         raise RuntimeError(f"{case}: image shape {img.shape}, expected {proj.size}")
@@ -293,6 +313,10 @@ def run_case(case: str, size: int, repeat: int, image_out: Path) -> dict[str, An
         "prepare_s": prep_s,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
         "geom_err_mm": prep.geom_err_mm,
+        # Mean number of cores this process kept busy while timed, and how many other processes did:
+        # a busy machine (other_cores well above 0) makes the times slower than the renderer is.
+        "own_cores": (own1 - own0) / sum(times),
+        "other_cores": max(0.0, (busy1 - busy0) - (own1 - own0)) / sum(times),
         "note": prep.note,
     }
 
@@ -378,9 +402,11 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any], repeat: int) 
         "(1/mm x mm; synthgen joseph/siddon as mu-weighted water+bone integrals); synthgen-render's image is "
         "its 120 kVp -log(I/I0), so a lower r is physics (beam hardening), not geometry.",
         "# geom err: largest distance (mm) between a peer's ray source/pixel positions and synthgen's.",
+        "# cores own/other: mean CPU cores used by the case / by all other processes while it was timed "
+        "(other > ~0.2 means the machine was shared and that time is inflated).",
         "",
         f"{'size':>5s}  {'renderer':18s} {'median s':>9s} {'first s':>8s} {'peak RSS GiB':>12s} {'t/joseph':>8s} "
-        f"{'corr':>8s} {'rel L2':>8s} {'geom err mm':>11s}  note",
+        f"{'corr':>8s} {'rel L2':>8s} {'geom err mm':>11s} {'cores own/other':>15s}  note",
     ]
     for r in results:
         ok = r["status"] == "ok"
@@ -389,7 +415,8 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any], repeat: int) 
             f"{_fmt(r.get('median_s'), '9.3f') if ok else r['status'].upper():>9s} "
             f"{_fmt(r.get('first_s'), '8.2f'):>8s} {_fmt(r.get('peak_rss_gib'), '12.2f'):>12s} "
             f"{_fmt(r.get('ratio'), '8.2f'):>8s} {_fmt(r.get('corr'), '8.5f'):>8s} {_fmt(r.get('rel_l2'), '8.2e'):>8s} "
-            f"{_fmt(r.get('geom_err_mm'), '11.1e'):>11s}  {r.get('note', '')}"
+            f"{_fmt(r.get('geom_err_mm'), '11.1e'):>11s} "
+            f"{_fmt(r.get('own_cores'), '7.2f'):>7s}/{_fmt(r.get('other_cores'), '<7.2f'):7s}  {r.get('note', '')}"
         )
     return "\n".join(lines)
 

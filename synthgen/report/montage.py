@@ -45,11 +45,12 @@ def _hsv_to_rgb(h, s, v) -> np.ndarray:
     return out
 
 
-def _views(canon: Volume) -> list[tuple[np.ndarray, tuple[float, float]]]:
-    """Mid axial, coronal, sagittal slices of a RAS-canonical volume with (row, col) pixel sizes in mm."""
+def _views(canon: Volume, center=None) -> list[tuple[np.ndarray, tuple[float, float]]]:
+    """Axial, coronal, sagittal slices of a RAS-canonical volume through voxel ``center`` (default the
+    middle), with their (row, col) pixel sizes in mm."""
     a = canon.numpy()
     sx, sy, sz = canon.spacing
-    i, j, k = (s // 2 for s in canon.shape)
+    i, j, k = (s // 2 for s in canon.shape) if center is None else (int(c) for c in center)
     axial = a[::-1, ::-1, k].T  # rows: anterior->posterior, cols: patient right->left
     coronal = a[::-1, j, ::-1].T  # rows: superior->inferior, cols: right->left
     sagittal = a[i, ::-1, ::-1].T  # rows: superior->inferior, cols: anterior->posterior

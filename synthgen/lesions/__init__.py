@@ -1,0 +1,1 @@
+"""Lesion engine: specs, shapes, appearance, insertion into real CT."""

@@ -1,0 +1,167 @@
+"""`LesionSpec`: what to insert (type, organ, size, count, where, contrast phase, seed).
+
+Specs come from Python, from the CLI, or from YAML (``lesions: [{type: cyst, organ: kidney, ...}]``);
+every field is validated here, with the closest valid name suggested for typos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from synthgen.errors import InputError
+
+LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_glass", "hemorrhage")
+PHASES = ("auto", "non_contrast", "arterial", "portal_venous", "delayed")
+#: Organ families the appearance table covers, and the vocabulary names/groups that map to each.
+ORGAN_FAMILIES = ("liver", "kidney", "spleen", "pancreas", "lung")
+
+
+def _suggest(value: str, valid: Sequence[str], what: str) -> InputError:
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+    return InputError(f"unknown {what} {value!r}{hint}")
+
+
+def organ_family(organ: str) -> str:
+    """The appearance-table organ for a vocabulary name or group: 'kidney_left' -> 'kidney', 'lung' -> 'lung'."""
+    for family in ORGAN_FAMILIES:
+        if organ == family or organ.startswith(family + "_"):
+            return family
+    raise InputError(
+        f"no lesion appearance for organ {organ!r}; lesions go into {', '.join(ORGAN_FAMILIES)} "
+        "(or their parts, e.g. kidney_left, lung_upper_lobe_right)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionSpec:
+    """One kind of lesion to insert ``count`` times.
+
+    Args:
+        type: one of `LESION_TYPES`.
+        organ: host structure: a vocabulary name or group (liver, kidney, kidney_left, lung, ...).
+        diameter_mm: sphere-equivalent diameter, or ``(min, max)`` to sample uniformly per lesion.
+        count: how many lesions of this spec.
+        location: ``"auto"`` (random inside the organ, ``margin_mm`` from its surface) or a
+            world point ``(x, y, z)`` in RAS+ mm for the first lesion's centre.
+        phase: contrast phase, or ``"auto"`` to estimate it from the host scan.
+        seed: makes the lesion reproducible (shape, placement, texture, noise).
+        margin_mm: minimum distance from the lesion to the organ surface and to other lesions.
+        necrosis: fraction of the radius that is a necrotic core (0: none; up to 0.8).
+        rim: enhancing rim/capsule: True, False, or None to follow the appearance table.
+        mass_effect_mm: peak displacement of the surrounding tissue (0: none).
+        lobulation: amplitude of the smooth surface deformation (0: an ellipsoid).
+        spiculation: amplitude of radial spikes (0: none; nodules default to 0.3).
+    """
+
+    type: str = "tumor"
+    organ: str = "liver"
+    diameter_mm: float | tuple[float, float] = 20.0
+    count: int = 1
+    location: str | tuple[float, float, float] = "auto"
+    phase: str = "auto"
+    seed: int = 0
+    margin_mm: float = 3.0
+    necrosis: float = 0.0
+    rim: bool | None = None
+    mass_effect_mm: float = 0.0
+    lobulation: float = 0.25
+    spiculation: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in LESION_TYPES:
+            raise _suggest(str(self.type), LESION_TYPES, "lesion type")
+        if self.phase not in PHASES:
+            raise _suggest(str(self.phase), PHASES, "phase")
+        family = organ_family(self.organ) if isinstance(self.organ, str) else None
+        if self.type.startswith("nodule") and family != "lung":
+            raise InputError(f"{self.type} lesions go into the lung, got organ {self.organ!r}")
+        object.__setattr__(self, "diameter_mm", _diameter(self.diameter_mm))
+        if not isinstance(self.count, int) or self.count < 1:
+            raise InputError(f"count must be a positive integer, got {self.count!r}")
+        object.__setattr__(self, "location", _location(self.location))
+        for name, lo, hi in (("margin_mm", 0, 100), ("necrosis", 0, 0.8), ("mass_effect_mm", 0, 20),
+                             ("lobulation", 0, 1), ("spiculation", 0, 1)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise InputError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+
+    @property
+    def family(self) -> str:
+        """Organ family of the appearance table (liver, kidney, spleen, pancreas, lung)."""
+        return organ_family(self.organ)
+
+    @property
+    def label_name(self) -> str:
+        """Vocabulary name of this lesion's class, e.g. ``liver_tumor``, ``lung_nodule_solid``."""
+        return f"{self.family}_{self.type}"
+
+    @property
+    def spiculation_amount(self) -> float:
+        if self.spiculation is not None:
+            return float(self.spiculation)
+        return 0.3 if self.type == "nodule_solid" else 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "spec") -> LesionSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise _suggest(unknown[0], sorted(fields), f"{where}: key") if len(unknown) == 1 else InputError(
+                f"{where}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+            )
+        kw = dict(d)
+        for key in ("diameter_mm", "location"):
+            if isinstance(kw.get(key), list):
+                kw[key] = tuple(kw[key])
+        try:
+            return cls(**kw)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from e
+
+
+def _diameter(value: Any) -> float | tuple[float, float]:
+    vals = value if isinstance(value, (tuple, list)) else (value,)
+    try:
+        nums = tuple(float(v) for v in vals)
+    except (TypeError, ValueError):
+        nums = ()
+    if len(nums) not in (1, 2) or any(not 1.0 <= v <= 200.0 for v in nums) or (len(nums) == 2 and nums[0] > nums[1]):
+        raise InputError(f"diameter_mm must be a size in mm (1-200) or a range [min, max], got {value!r}")
+    return nums[0] if len(nums) == 1 else nums  # type: ignore[return-value]
+
+
+def _location(value: Any) -> str | tuple[float, float, float]:
+    if value == "auto":
+        return "auto"
+    try:
+        point = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        point = ()
+    if len(point) != 3:
+        raise InputError(f"location must be 'auto' or a world point [x, y, z] in mm, got {value!r}")
+    return point  # type: ignore[return-value]
+
+
+def load_specs(path: str | os.PathLike) -> list[LesionSpec]:
+    """Read specs from YAML: a list of specs, or ``{lesions: [...]}``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: spec file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    items = data.get("lesions") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise InputError(f"{p}: expected a list of lesion specs (or 'lesions: [...]')")
+    return [LesionSpec.from_dict(item, where=f"{p}: lesion {k + 1}") for k, item in enumerate(items)]
