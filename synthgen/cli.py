@@ -135,6 +135,29 @@ def _dotlist_value(value) -> str:
     return str(value)
 
 
+def _cmd_lesion_insert(args: argparse.Namespace) -> int:
+    from synthgen.lesions.job import run
+    from synthgen.lesions.spec import LesionSpec, load_specs
+
+    if args.spec:
+        specs = load_specs(args.spec)
+    else:
+        diameter = args.diameter[0] if len(args.diameter) == 1 else tuple(args.diameter)
+        specs = [LesionSpec(type=args.type, organ=args.organ, diameter_mm=diameter, count=args.count,
+                            phase=args.phase, seed=args.seed, margin_mm=args.margin, necrosis=args.necrosis,
+                            rim=args.rim, mass_effect_mm=args.mass_effect,
+                            location=tuple(args.location) if args.location else "auto")]
+    result, paths = run(args.ct, args.labels, specs, args.out, overwrite=args.overwrite, preview=args.preview,
+                        progress=args.progress)
+    for les in result.lesions:
+        centre = ", ".join(f"{c:.1f}" for c in les.center_mm)
+        print(f"{les.label} ({les.label_id}): {les.diameter_mm:.1f} mm at ({centre}) mm, "
+              f"{les.volume_ml:.2f} ml, mean {les.mean_hu:.0f} HU, {les.phase}")
+    for role, p in paths.items():
+        print(f"{role:8s} {p}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from synthgen.recipes import run_recipe
 
@@ -217,6 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. physics.filtration_mm_al=3")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_drr)
+
+    p = sub.add_parser("lesion", help="synthetic lesions in real scans")
+    lesion_sub = p.add_subparsers(dest="lesion_command", metavar="ACTION", required=True,
+                                  parser_class=_subparser_class(common))
+    p = lesion_sub.add_parser("insert", help="insert tumours, cysts, metastases, nodules, haemorrhages into a CT")
+    p.add_argument("ct", help="CT in HU")
+    p.add_argument("--labels", required=True, metavar="L", help="its label map (the host organ must be in it)")
+    p.add_argument("--organ", default="liver", help="host organ: a vocabulary name or group (liver, kidney, lung, ...)")
+    p.add_argument("--type", default="tumor", help="tumor, cyst, metastasis, nodule_solid, nodule_ground_glass, hemorrhage")
+    p.add_argument("--diameter", type=float, nargs="+", default=[20.0], metavar="MM",
+                   help="sphere-equivalent diameter in mm, or MIN MAX to sample")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--phase", default="auto", help="non_contrast, arterial, portal_venous, delayed or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--margin", type=float, default=3.0, help="mm from the organ surface and other lesions")
+    p.add_argument("--necrosis", type=float, default=0.0, help="necrotic core as a fraction of the radius (0-0.8)")
+    rim = p.add_mutually_exclusive_group()
+    rim.add_argument("--rim", dest="rim", action="store_true", default=None, help="force an enhancing rim")
+    rim.add_argument("--no-rim", dest="rim", action="store_false", help="no rim")
+    p.add_argument("--mass-effect", type=float, default=0.0, metavar="MM", help="push surrounding tissue by up to MM")
+    p.add_argument("--location", type=float, nargs=3, metavar=("X", "Y", "Z"), help="world RAS mm centre of the first lesion")
+    p.add_argument("--spec", help="YAML list of lesion specs (replaces the options above)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--preview", action="store_true", help="write a PNG through each lesion with its outline")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_lesion_insert)
 
     p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")

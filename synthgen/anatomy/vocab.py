@@ -160,8 +160,23 @@ class Vocabulary:
 
         New groups may name existing classes and groups as well as the new classes.
         """
-        new = _normalise_mapping(classes, "added classes")
+        new = _normalise_mapping(classes, "added classes") if classes else {}
         return self._union(new, _as_groups(groups or {}, "added groups"), f"{self.source} + added classes")
+
+    def with_groups_from(self, other: Vocabulary) -> Vocabulary:
+        """This vocabulary plus every group of ``other`` whose members (by name) are all classes or
+        groups here: a user's id -> name file gains "lung", "kidney", ... without changing any id."""
+        groups: dict[str, tuple[str, ...]] = {}
+        changed = True
+        while changed:  # groups may name groups: repeat until no more resolve
+            changed = False
+            for name, members in other.groups.items():
+                if name in groups or name in self.groups or name in self._by_name:  # type: ignore[attr-defined]
+                    continue
+                if all(m in self._by_name or m in self.groups or m in groups for m in members):  # type: ignore[attr-defined]
+                    groups[name] = tuple(members)
+                    changed = True
+        return self.with_classes({}, groups=groups) if groups else self
 
     def _union(self, classes: Mapping[int, str], groups: Mapping[str, Iterable[str]], source: str) -> Vocabulary:
         merged = dict(self.classes)

@@ -23,8 +23,9 @@ from synthgen.lesions.shape import Shape, lesion_shape
 from synthgen.lesions.spec import LesionSpec
 from synthgen.volume import Volume
 
-#: Tries of random centres before the organ is declared too small.
+#: Tries of random centres per shape, and of shapes, before the organ is declared too small.
 _PLACEMENT_TRIES = 300
+_SHAPE_TRIES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +232,14 @@ def _insert_one(
 
     sp = ct.spacing
     diameter = _diameter(spec, rng)
-    shape = lesion_shape(diameter, sp, rng=rng, lobulation=spec.lobulation, spiculation=spec.spiculation_amount)
-    start = place(shape, organ, occupied, spacing=sp, margin_mm=spec.margin_mm, rng=rng, center_vox=center_vox)
+    for attempt in range(_SHAPE_TRIES):  # a new random orientation/outline may fit a narrow organ
+        shape = lesion_shape(diameter, sp, rng=rng, lobulation=spec.lobulation_amount, spiculation=spec.spiculation_amount)
+        try:
+            start = place(shape, organ, occupied, spacing=sp, margin_mm=spec.margin_mm, rng=rng, center_vox=center_vox)
+            break
+        except InputError:
+            if attempt == _SHAPE_TRIES - 1:
+                raise
     occ = shape.occupancy
     inner = tuple(slice(a, a + n) for a, n in zip(start, occ.shape))
     model = _noise_near(out_hu, organ, start, shape, sp)

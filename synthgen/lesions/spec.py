@@ -19,6 +19,9 @@ LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_gl
 PHASES = ("auto", "non_contrast", "arterial", "portal_venous", "delayed")
 #: Organ families the appearance table covers, and the vocabulary names/groups that map to each.
 ORGAN_FAMILIES = ("liver", "kidney", "spleen", "pancreas", "lung")
+#: Surface irregularity by type: cysts are smooth and round, haemorrhages and tumours irregular.
+_DEFAULT_LOBULATION = {"tumor": 0.25, "cyst": 0.05, "metastasis": 0.2, "nodule_solid": 0.15,
+                       "nodule_ground_glass": 0.2, "hemorrhage": 0.3}
 
 
 def _suggest(value: str, valid: Sequence[str], what: str) -> InputError:
@@ -32,8 +35,10 @@ def organ_family(organ: str) -> str:
     for family in ORGAN_FAMILIES:
         if organ == family or organ.startswith(family + "_"):
             return family
+    close = difflib.get_close_matches(organ, ORGAN_FAMILIES, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise InputError(
-        f"no lesion appearance for organ {organ!r}; lesions go into {', '.join(ORGAN_FAMILIES)} "
+        f"unknown lesion organ {organ!r}; {hint}lesions go into {', '.join(ORGAN_FAMILIES)} "
         "(or their parts, e.g. kidney_left, lung_upper_lobe_right)"
     )
 
@@ -55,8 +60,9 @@ class LesionSpec:
         necrosis: fraction of the radius that is a necrotic core (0: none; up to 0.8).
         rim: enhancing rim/capsule: True, False, or None to follow the appearance table.
         mass_effect_mm: peak displacement of the surrounding tissue (0: none).
-        lobulation: amplitude of the smooth surface deformation (0: an ellipsoid).
-        spiculation: amplitude of radial spikes (0: none; nodules default to 0.3).
+        lobulation: amplitude of the smooth surface deformation (0: an ellipsoid; None: by type,
+            from 0.05 for cysts to 0.3 for haemorrhages).
+        spiculation: amplitude of radial spikes (0: none; None: 0.3 for solid nodules, else 0).
     """
 
     type: str = "tumor"
@@ -70,7 +76,7 @@ class LesionSpec:
     necrosis: float = 0.0
     rim: bool | None = None
     mass_effect_mm: float = 0.0
-    lobulation: float = 0.25
+    lobulation: float | None = None
     spiculation: float | None = None
 
     def __post_init__(self) -> None:
@@ -104,6 +110,12 @@ class LesionSpec:
         return f"{self.family}_{self.type}"
 
     @property
+    def lobulation_amount(self) -> float:
+        if self.lobulation is not None:
+            return float(self.lobulation)
+        return _DEFAULT_LOBULATION[self.type]
+
+    @property
     def spiculation_amount(self) -> float:
         if self.spiculation is not None:
             return float(self.spiculation)
@@ -114,8 +126,11 @@ class LesionSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise _suggest(unknown[0], sorted(fields), f"{where}: key") if len(unknown) == 1 else InputError(
-                f"{where}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+            close = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(
+                f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}; "
+                f"valid: {', '.join(sorted(fields))}"
             )
         kw = dict(d)
         for key in ("diameter_mm", "location"):

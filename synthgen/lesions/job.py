@@ -1,0 +1,67 @@
+"""The `synthgen lesion insert` job: read a CT + labels, insert lesions, write volumes, record, preview."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from synthgen.lesions.insert import InsertResult, insert_lesions
+from synthgen.lesions.spec import LesionSpec
+
+
+def specs_yaml(specs: list[LesionSpec]) -> str:
+    """The specs as YAML that `load_specs` reads back (the resolved config written beside outputs)."""
+    import yaml
+
+    def plain(spec: LesionSpec) -> dict:
+        d = dataclasses.asdict(spec)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    return yaml.safe_dump({"lesions": [plain(s) for s in specs]}, sort_keys=False)
+
+
+def run(
+    ct_path: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    specs: list[LesionSpec],
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    preview: bool = False,
+    progress: bool = True,
+    stem: str = "lesions",
+) -> tuple[InsertResult, dict[str, Path]]:
+    """Insert ``specs`` into the scan and write ``<stem>_ct.nii.gz``, ``<stem>_labels.nii.gz``,
+    ``<stem>.json`` (provenance + one record per lesion), ``<stem>.yaml`` (the specs) and, with
+    ``preview``, ``<stem>_preview.png`` (axial/coronal/sagittal through each lesion, outlined).
+    Nothing is written when the request fails."""
+    from synthgen.io import read_pair
+    from synthgen.io.atomic import check_writable, write_text
+    from synthgen.io.case import write_case
+    from synthgen.io.record import make_record
+
+    out = Path(out_dir)
+    extra = {"specs": out / f"{stem}.yaml"}
+    if preview:
+        extra["preview"] = out / f"{stem}_preview.png"
+    for p in [*extra.values(), out / f"{stem}_ct.nii.gz", out / f"{stem}_labels.nii.gz", out / f"{stem}.json"]:
+        if p.exists() and not overwrite:
+            check_writable(p, overwrite=False)
+    ct, labels = read_pair(ct_path, labels_path, progress=progress)
+    result = insert_lesions(ct, labels, specs)
+    record = make_record(
+        "synthgen.lesion.insert",
+        parameters={"specs": [dataclasses.asdict(s) for s in specs], "phase": result.phase, "phase_info": result.phase_info},
+        seed=specs[0].seed,
+        inputs=[ct_path, labels_path],
+    )
+    record["lesions"] = [dataclasses.asdict(r) for r in result.lesions]
+    paths = write_case(out, stem, ct=result.ct, labels=result.labels, record=record, preview=False, overwrite=overwrite)
+    paths["specs"] = write_text(extra["specs"], specs_yaml(specs), overwrite=overwrite)
+    if preview:
+        from synthgen.report.lesion_preview import lesion_rows
+        from synthgen.report.montage import save_png
+
+        paths["preview"] = save_png(lesion_rows(result.ct, result.labels, result.lesions), extra["preview"], overwrite=overwrite)
+    return result, paths
