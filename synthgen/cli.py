@@ -147,8 +147,11 @@ def _cmd_lesion_insert(args: argparse.Namespace) -> int:
                             phase=args.phase, seed=args.seed, margin_mm=args.margin, necrosis=args.necrosis,
                             rim=args.rim, mass_effect_mm=args.mass_effect,
                             location=tuple(args.location) if args.location else "auto")]
-    result, paths = run(args.ct, args.labels, specs, args.out, overwrite=args.overwrite, preview=args.preview,
-                        progress=args.progress)
+    from synthgen.io import read_pair
+
+    ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
+    result, paths = run(ct, labels, specs, args.out, inputs=[args.ct, args.labels], overwrite=args.overwrite,
+                        preview=args.preview)
     for les in result.lesions:
         centre = ", ".join(f"{c:.1f}" for c in les.center_mm)
         print(f"{les.label} ({les.label_id}): {les.diameter_mm:.1f} mm at ({centre}) mm, "

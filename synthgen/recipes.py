@@ -97,6 +97,19 @@ def _drr_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     return paths
 
 
+@task("lesion")
+def _lesion_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """Lesions inserted into a scan: ``config`` names lesion-spec YAML files (configs/lesions_*.yaml)."""
+    from synthgen.lesions.job import run
+    from synthgen.lesions.spec import load_specs
+
+    if not step.config or step.overrides:
+        raise InputError(f"step {step.name or step.task}: give lesion spec files in config: [...] (no overrides)")
+    specs = [s for path in step.config for s in load_specs(path)]
+    ct, labels, inputs = _scan(step)
+    return run(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
+
+
 def _scan(step: StepConfig):
     """The (ct, labels, input paths) a step reads: its ``inputs`` or the example CT."""
     from synthgen.io import read, read_pair

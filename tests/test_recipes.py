@@ -12,7 +12,7 @@ from synthgen.recipes import known_tasks, load_recipe, run_recipe
 
 def test_quickstart_recipe_loads():
     recipe = load_recipe("pipelines/quickstart.yaml")
-    assert [s.task for s in recipe.steps] == ["describe_example", "drr", "phantom"]
+    assert [s.task for s in recipe.steps] == ["describe_example", "drr", "lesion", "phantom"]
 
 
 def test_run_phantom_recipe_writes_every_step(tmp_path):
@@ -43,6 +43,8 @@ def test_quickstart_recipe_end_to_end(tmp_path, example, capsys):
     names = {s["name"] for s in info["labels"]["structures"]}
     assert {"liver", "aorta", "heart"} <= names
     assert (tmp_path / "demo/phantom/phantom.png").stat().st_size > 10_000
+    lesions = json.loads((tmp_path / "demo/lesion/lesions.json").read_text())["lesions"]
+    assert len(lesions) == 8 and (tmp_path / "demo/lesion/lesions_preview.png").is_file()
     for view in ("PA", "LAT"):
         rec = json.loads((tmp_path / f"demo/drr/{view}.json").read_text())
         assert rec["physics"]["photons_per_pixel"] == 20000.0 and "heart" in rec["structures"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from synthgen.lesions.insert import InsertResult, insert_lesions
 from synthgen.lesions.spec import LesionSpec
+from synthgen.volume import Volume
 
 
 def specs_yaml(specs: list[LesionSpec]) -> str:
@@ -22,21 +23,20 @@ def specs_yaml(specs: list[LesionSpec]) -> str:
 
 
 def run(
-    ct_path: str | os.PathLike,
-    labels_path: str | os.PathLike,
+    ct: Volume,
+    labels: Volume,
     specs: list[LesionSpec],
     out_dir: str | os.PathLike,
     *,
+    inputs: list[str | os.PathLike] = (),  # type: ignore[assignment]
     overwrite: bool = False,
     preview: bool = False,
-    progress: bool = True,
     stem: str = "lesions",
 ) -> tuple[InsertResult, dict[str, Path]]:
     """Insert ``specs`` into the scan and write ``<stem>_ct.nii.gz``, ``<stem>_labels.nii.gz``,
-    ``<stem>.json`` (provenance + one record per lesion), ``<stem>.yaml`` (the specs) and, with
-    ``preview``, ``<stem>_preview.png`` (axial/coronal/sagittal through each lesion, outlined).
-    Nothing is written when the request fails."""
-    from synthgen.io import read_pair
+    ``<stem>.json`` (provenance with the hashes of ``inputs`` + one record per lesion), ``<stem>.yaml``
+    (the specs) and, with ``preview``, ``<stem>_preview.png`` (axial/coronal/sagittal through each
+    lesion, outlined). Nothing is written when the request fails."""
     from synthgen.io.atomic import check_writable, write_text
     from synthgen.io.case import write_case
     from synthgen.io.record import make_record
@@ -48,13 +48,12 @@ def run(
     for p in [*extra.values(), out / f"{stem}_ct.nii.gz", out / f"{stem}_labels.nii.gz", out / f"{stem}.json"]:
         if p.exists() and not overwrite:
             check_writable(p, overwrite=False)
-    ct, labels = read_pair(ct_path, labels_path, progress=progress)
     result = insert_lesions(ct, labels, specs)
     record = make_record(
         "synthgen.lesion.insert",
         parameters={"specs": [dataclasses.asdict(s) for s in specs], "phase": result.phase, "phase_info": result.phase_info},
         seed=specs[0].seed,
-        inputs=[ct_path, labels_path],
+        inputs=list(inputs),
     )
     record["lesions"] = [dataclasses.asdict(r) for r in result.lesions]
     paths = write_case(out, stem, ct=result.ct, labels=result.labels, record=record, preview=False, overwrite=overwrite)
