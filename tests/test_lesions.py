@@ -98,17 +98,25 @@ def test_every_organ_and_type_on_the_phantom(host, organ, lesion_type):
     assert result.labels.numpy()[tuple(centre_vox)] == rec.label_id
 
 
-def test_example_ct_pancreas_liver_and_lung(example):
-    ct, labels = example
-    specs = [
+@pytest.mark.parametrize(
+    "spec",
+    [
         LesionSpec(type="tumor", organ="pancreas", diameter_mm=12.0, margin_mm=1.0, seed=1),
-        LesionSpec(type="cyst", organ="liver", diameter_mm=20.0, seed=2),
-        LesionSpec(type="nodule_solid", organ="lung", diameter_mm=12.0, seed=3),
-    ]
-    for spec in specs:
-        result = insert_lesions(ct, labels, spec)
-        assert result.phase == "arterial"
-        check_lesion(ct, labels, result, spec)
+        LesionSpec(type="cyst", organ="pancreas", diameter_mm=10.0, margin_mm=1.0, seed=2),
+        LesionSpec(type="metastasis", organ="pancreas", diameter_mm=10.0, margin_mm=1.0, seed=3),
+        LesionSpec(type="hemorrhage", organ="pancreas", diameter_mm=10.0, margin_mm=1.0, seed=4),
+        LesionSpec(type="cyst", organ="liver", diameter_mm=20.0, seed=5),
+        LesionSpec(type="tumor", organ="kidney_left", diameter_mm=14.0, margin_mm=1.5, seed=6),
+        LesionSpec(type="nodule_solid", organ="lung", diameter_mm=12.0, seed=7),
+    ],
+    ids=lambda s: f"{s.organ}-{s.type}",
+)
+def test_example_ct(example, spec):
+    """The real scan (arterial phase): pancreas for every type, and one case for the other organs."""
+    ct, labels = example
+    result = insert_lesions(ct, labels, spec)
+    assert result.phase == "arterial"
+    check_lesion(ct, labels, result, spec)
 
 
 def test_same_seed_same_output_and_different_seed_differs(host):
