@@ -256,7 +256,14 @@ def _insert_one(
     tex = texture(occ, look, rng=rng, spacing_mm=sp, necrosis=spec.necrosis, rim=spec.rim)
     noise = correlated_noise(occ.shape, model, spacing_mm=sp, rng=rng)
     host = out_hu[inner].astype(np.float64 if out_hu.dtype == np.float64 else np.float32)
-    out_hu[inner] = _cast_like((1 - occ) * host + occ * (tex + noise), out_hu.dtype)
+    if spec.type == "nodule_ground_glass":
+        # ground glass partly fills the airspaces: attenuation rises but the vessels and the host's
+        # own noise stay visible through it, so the haze is added to the lung, not substituted
+        background = float(np.median(host[(occ == 0) & organ[inner]])) if (organ[inner] & (occ == 0)).any() else -850.0
+        values = host + occ * (tex - background)
+    else:
+        values = (1 - occ) * host + occ * (tex + noise)
+    out_hu[inner] = _cast_like(values, out_hu.dtype)
     lesion = occ >= 0.5
     core = occ >= 0.999
     out_lab[inner][lesion] = label_id
