@@ -9,14 +9,16 @@ Renderers (``--peers`` picks the peers; synthgen always runs):
 
 * ``synthgen-joseph`` / ``synthgen-siddon``: ``DRRRenderer.material_line_integrals``
   (one ray pass over the water and bone density volumes, 2 channels).
-* ``synthgen-render``: ``DRRRenderer.render(projection, XRaySettings())``: the
-  Joseph pass plus the 120 kVp spectrum physics, -log and display mapping (no labels, no noise).
+* ``synthgen-render``: ``DRRRenderer.render(projection, XRaySettings(kvp=120))`` (the default
+  beam, named): the Joseph pass plus the 120 kVp spectrum physics, -log and display mapping
+  (no labels, no noise).
 * ``diffdrr-siddon`` / ``diffdrr-trilinear``: DiffDRR's ``DRR`` module (trilinear with its
   default 500 points per ray) on mu at 70 keV, posed to synthgen's source and detector.
 * ``nanodrr``: nanodrr's ``DRR`` with its torch backend, 500 samples per ray, same mu volume.
 * ``itk``: ITK's ``RayCastInterpolateImageFunction`` driven by a ``ResampleImageFilter``
   onto the detector grid, 2 threads, same mu volume.
 
+A peer whose package does not import (nanodrr and itk are optional) is skipped with a note.
 Every image is checked against synthgen-siddon's (Pearson r and relative L2 of the mu
 line integrals) and every peer's rays against synthgen's (``geom err``, mm).
 
@@ -57,6 +59,13 @@ ITK_THREADS = 2
 SYNTHGEN_CASES = ("synthgen-joseph", "synthgen-siddon", "synthgen-render")
 PEER_CASES = ("diffdrr-siddon", "diffdrr-trilinear", "nanodrr", "itk")
 PEER_GROUPS = {"diffdrr": ("diffdrr-siddon", "diffdrr-trilinear")}
+#: Module each peer case needs, and how to get it.
+PEER_MODULES = {
+    "diffdrr-siddon": ("diffdrr.drr", "pip install --no-deps diffdrr==0.6.1"),
+    "diffdrr-trilinear": ("diffdrr.drr", "pip install --no-deps diffdrr==0.6.1"),
+    "nanodrr": ("nanodrr.drr", "pip install --no-deps nanodrr==0.1.7 platformdirs"),
+    "itk": ("itk", "pip install itk"),
+}
 REFERENCE = "synthgen-siddon"
 BASELINE = "synthgen-joseph"
 
@@ -112,7 +121,10 @@ def _prepare_synthgen(case: str, ct, hu, mu, proj) -> Prepared:
         water, bone = water_bone.numpy()
         return (mu_w * water + mu_b * bone) / 10.0
 
-    return Prepared(lambda: renderer.material_line_integrals(proj, method=method), image, None, "2 materials")
+    def render():
+        return renderer.material_line_integrals(proj, method=method)
+
+    return Prepared(render, image, None, "2 materials")
 
 
 def _camera_axes(proj) -> tuple[np.ndarray, bool]:
@@ -368,6 +380,18 @@ def _spawn(case: str, size: int, repeat: int, image_out: Path, timeout_s: float)
     return {"case": case, "size": size, "status": "error", "note": tail[0][:200]}
 
 
+def _missing(case: str) -> str | None:
+    """Why ``case`` cannot run here (its peer package does not import), or None."""
+    if case not in PEER_MODULES:
+        return None
+    module, hint = PEER_MODULES[case]
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    err = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+    return f"skipped: `import {module}` fails ({err[:80]}); {hint}"
+
+
 def _compare(results: list[dict[str, Any]], images: dict[tuple[str, int], Path]) -> None:
     """Adds the Pearson r and relative L2 against synthgen-siddon, and the time ratio to synthgen-joseph."""
     for res in results:
@@ -393,7 +417,8 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any], repeat: int) 
     v = machine["versions"]
     lines = [
         f"# DRR CPU benchmark, example chest CT 512x512x133 (0.70x0.70x2.5 mm), PA view, {machine['date']}",
-        f"# machine: {machine['cpu']}, {machine['cores']} cores; torch {v['torch']} ({machine['torch_threads']} threads), "
+        f"# machine: {machine['cpu']}, {machine['cores']} cores; "
+        f"torch {v['torch']} ({machine['torch_threads']} threads), "
         f"numba {v['numba']}, diffdrr {v['diffdrr']}, nanodrr {v['nanodrr']}, itk {v['itk']}",
         f"# median s: median of {repeat} warm renders after 1 warm-up render (first s). Excluded: {EXCLUDED}.",
         "# peak RSS: ru_maxrss of the case's own process (python, imports, CT, preparation and renders), GiB.",
@@ -457,9 +482,15 @@ def main(argv: list[str] | None = None) -> None:
     machine = _machine()
     cases = _cases(args)
     results, images = [], {}
+    missing = {case: why for case in cases if (why := _missing(case)) is not None}
+    for why in dict.fromkeys(missing.values()):
+        print(f"note: {why}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             for case in cases:
+                if case in missing:
+                    results.append({"case": case, "size": size, "status": "skipped", "note": missing[case]})
+                    continue
                 path = Path(tmp) / f"{case}_{size}.npy"
                 print(f"... {case} at {size}x{size}", file=sys.stderr, flush=True)
                 res = _spawn(case, size, args.repeat, path, args.timeout)

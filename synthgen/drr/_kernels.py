@@ -191,33 +191,42 @@ def _column_weights(c0, kc, fm, n_c, ic, fc):  # pragma: no cover - compiled
 
 @numba.njit(**_JIT)
 def _sample_row(plane, b, ic, fc, out_row):  # pragma: no cover - compiled
-    """out_row[q, ch] = linear interpolation of plane[b] at columns ic[q] + fc[q] (zero outside)."""
+    """out_row[q * C + ch] = linear interpolation of plane[b, :, ch] at column ic[q] + fc[q] (zero outside)."""
     n_c = plane.shape[1]
     n_ch = plane.shape[2]
     for q in range(ic.shape[0]):
         i = ic[q]
         f = fc[q]
+        if 0 <= i < n_c - 1:  # both taps inside: the common case, no further checks
+            for ch in range(n_ch):
+                out_row[q * n_ch + ch] = (1 - f) * plane[b, i, ch] + f * plane[b, i + 1, ch]
+            continue
         for ch in range(n_ch):
             v = np.float32(0)
             if i >= 0:
                 v += (1 - f) * plane[b, i, ch]
             if i >= -1 and i + 1 < n_c:
                 v += f * plane[b, i + 1, ch]
-            out_row[q, ch] = v
+            out_row[q * n_ch + ch] = v
 
 
 @numba.njit(**_JIT)
 def _lerp_rows_add(rows_cache, ib, wb, acc):  # pragma: no cover - compiled
-    """acc += (1 - wb) * rows_cache[ib] + wb * rows_cache[ib + 1]; rows outside the plane are zero
-    and are never read (the cache only holds the rows sampled for the current plane)."""
-    n_b, cols, n_ch = rows_cache.shape
-    for k in range(2):
-        b = ib + k
-        if 0 <= b < n_b:
-            w = wb if k else 1 - wb
-            for q in range(cols):
-                for ch in range(n_ch):
-                    acc[q, ch] += w * rows_cache[b, q, ch]
+    """acc += (1 - wb) * rows_cache[ib] + wb * rows_cache[ib + 1] over flat (column, channel) rows;
+    rows outside the plane are zero and never read (the cache holds only this plane's sampled rows)."""
+    n_b, width = rows_cache.shape
+    w0 = (1 - wb) if 0 <= ib < n_b else np.float32(0)
+    w1 = wb if 0 <= ib + 1 < n_b else np.float32(0)
+    if w0 != 0 and w1 != 0:  # one pass over both rows: a plain axpy the compiler vectorises
+        r0 = rows_cache[ib]
+        r1 = rows_cache[ib + 1]
+        for k in range(width):
+            acc[k] += w0 * r0[k] + w1 * r1[k]
+    elif w0 != 0 or w1 != 0:
+        row = rows_cache[ib] if w0 != 0 else rows_cache[ib + 1]
+        w = w0 if w0 != 0 else w1
+        for k in range(width):
+            acc[k] += w * row[k]
 
 
 @numba.njit(**_JIT)
@@ -241,10 +250,10 @@ def separable_forward(vol, b0, kb, c0, kc, m_lo, m_hi, step, out, block):  # pra
     for bi in prange((rows + block - 1) // block):
         r0 = bi * block
         r1 = min(rows, r0 + block)
-        acc = np.zeros((r1 - r0, cols, n_ch), dtype=np.float32)
+        acc = np.zeros((r1 - r0, cols * n_ch), dtype=np.float32)
         ic = np.empty(cols, dtype=np.int64)
         fc = np.empty(cols, dtype=np.float32)
-        cache = np.empty((n_b, cols, n_ch), dtype=np.float32)
+        cache = np.empty((n_b, cols * n_ch), dtype=np.float32)
         for m in range(m_lo, m_hi + 1):
             plane = vol[m]
             fm = np.float32(m)
@@ -263,7 +272,7 @@ def separable_forward(vol, b0, kb, c0, kc, m_lo, m_hi, step, out, block):  # pra
         for r in range(r0, r1):
             for q in range(cols):
                 for ch in range(n_ch):
-                    out[r, q, ch] = acc[r - r0, q, ch] * step[r, q]
+                    out[r, q, ch] = acc[r - r0, q * n_ch + ch] * step[r, q]
 
 
 @numba.njit(parallel=True, **_JIT)
