@@ -87,24 +87,29 @@ class Prepared:
 
 
 def _load(size: int):
-    """(ct Volume, HU tensor (I, J, K) float32, mu tensor (I, J, K) in 1/mm at MU_KEV, PA Projection)."""
-    import torch
-
+    """(the example CT Volume, its PA Projection at size x size)."""
     from synthgen.data import example_ct
     from synthgen.drr.geometry import named_view
-    from synthgen.drr.physics import hu_to_mu_per_mm
 
     ct, _ = example_ct()
+    return ct, named_view("PA", ct, size=(size, size))
+
+
+def _mu(ct):
+    """The peers' volume: mu (I, J, K) float32 tensor in 1/mm at MU_KEV (synthgen's own water/bone split)."""
+    import torch
+
+    from synthgen.drr.physics import hu_to_mu_per_mm
+
     hu = torch.from_numpy(np.ascontiguousarray(ct.numpy())).to(torch.float32)
-    mu = hu_to_mu_per_mm(hu, energy_kev=MU_KEV)
-    return ct, hu, mu, named_view("PA", ct, size=(size, size))
+    return hu_to_mu_per_mm(hu, energy_kev=MU_KEV)
 
 
 def _max_dist(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)))
 
 
-def _prepare_synthgen(case: str, ct, hu, mu, proj) -> Prepared:
+def _prepare_synthgen(case: str, ct, proj) -> Prepared:
     from synthgen.drr.physics import mass_attenuation_cm2_per_g
     from synthgen.drr.render import DRRRenderer, XRaySettings
 
@@ -142,7 +147,7 @@ def _camera_axes(proj) -> tuple[np.ndarray, bool]:
     return np.stack([-u, -v, b], axis=1), True
 
 
-def _prepare_diffdrr(case: str, ct, hu, mu, proj) -> Prepared:
+def _prepare_diffdrr(case: str, ct, proj) -> Prepared:
     import torch
     import torchio
     from diffdrr.drr import DRR
@@ -150,6 +155,7 @@ def _prepare_diffdrr(case: str, ct, hu, mu, proj) -> Prepared:
 
     from synthgen.drr.geometry import rays
 
+    mu = _mu(ct)
     # The subject diffdrr.data.read would build, minus its HU thresholds and min-max
     # normalisation: our mu volume as "density", world = the CT's RAS affine, no reorientation.
     image = torchio.ScalarImage(tensor=mu[None], affine=ct.affine)
@@ -183,7 +189,7 @@ def _prepare_diffdrr(case: str, ct, hu, mu, proj) -> Prepared:
     return Prepared(render, lambda img: img[0, 0].numpy(), err, note)
 
 
-def _prepare_nanodrr(case: str, ct, hu, mu, proj) -> Prepared:
+def _prepare_nanodrr(case: str, ct, proj) -> Prepared:
     import torch
     import torchio
     from nanodrr.data import Subject
@@ -192,6 +198,7 @@ def _prepare_nanodrr(case: str, ct, hu, mu, proj) -> Prepared:
 
     from synthgen.drr.geometry import rays
 
+    mu = _mu(ct)
     subject = Subject.from_images(torchio.ScalarImage(tensor=mu[None], affine=ct.affine), convert_to_mu=False)
     rows, cols = proj.size
     du, dv = proj.pixel_spacing_mm
@@ -220,10 +227,11 @@ def _prepare_nanodrr(case: str, ct, hu, mu, proj) -> Prepared:
     return Prepared(render, lambda img: img[0, 0].numpy(), err, f"torch backend, {N_SAMPLES} samples/ray")
 
 
-def _prepare_itk(case: str, ct, hu, mu, proj) -> Prepared:
+def _prepare_itk(case: str, ct, proj) -> Prepared:
     import itk
 
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(ITK_THREADS)
+    mu = _mu(ct)
     image_t = itk.Image[itk.F, 3]
     # ITK's ray caster ignores the image direction (it maps a point to voxels by origin and spacing
     # only), so everything is expressed in the volume's own frame: p_vol = R^T (p_world - t), where
@@ -298,8 +306,8 @@ def _cpu_seconds() -> tuple[float, float]:
 def run_case(case: str, size: int, repeat: int, image_out: Path) -> dict[str, Any]:
     """Prepare ``case``, render once to warm up, then ``repeat`` times; the image goes to ``image_out`` (.npy)."""
     t0 = time.perf_counter()
-    ct, hu, mu, proj = _load(size)
-    prep = PREPARE[case](case, ct, hu, mu, proj)
+    ct, proj = _load(size)
+    prep = PREPARE[case](case, ct, proj)
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = prep.render()

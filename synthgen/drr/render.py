@@ -89,10 +89,13 @@ class DRR:
         if self.settings.kev is None:
             s = physics.spectrum(self.settings.kvp or DEFAULT_KVP, filtration_mm_al=self.settings.filtration_mm_al)
             spec = {"kvp": s.kvp, "filtration_mm_al": s.filtration_mm_al, "mean_kev": round(s.mean_kev, 3), "model": s.model}
+        physics_record = dataclasses.asdict(self.settings)
+        if self.settings.kev is None and self.settings.kvp is None:
+            physics_record["kvp"] = DEFAULT_KVP  # record the beam actually used
         return {
             "view": self.projection.name,
             "geometry": self.projection.to_dict(),
-            "physics": dataclasses.asdict(self.settings),
+            "physics": physics_record,
             "spectrum": spec,
             "seed": self.seed,
             "structures": sorted(self.masks),
@@ -126,6 +129,7 @@ class DRRRenderer:
         self.ct, self.labels, self.bone_hu = ct, labels, bone_hu
         self._materials = torch.stack([water, bone])  # (2, I, J, K) g/cm^3
         self._layouts: dict = {}
+        self._present: list[int] | None = None
 
     def material_line_integrals(self, projection: Projection, *, method: Method = "joseph") -> torch.Tensor:
         """(2, rows, cols) line integrals of water and bone density, g/cm^3 x mm: the one ray pass."""
@@ -139,12 +143,16 @@ class DRRRenderer:
             raise InputError("no label map given to the renderer; pass labels=... to project structures")
         lab = self.labels.numpy()
         vocab = self.labels.vocab
-        present = [int(i) for i in np.flatnonzero(np.bincount(lab.ravel())) if i != 0]
+        if self._present is None:  # ids in the map, counted once per renderer
+            counts = np.bincount(lab.ravel(order="K"), minlength=1) if lab.dtype.itemsize <= 2 else None
+            ids = np.flatnonzero(counts) if counts is not None else np.unique(lab)
+            self._present = [int(i) for i in ids if i != 0]
+        present = list(self._present)
         if names is not None:
             wanted = {i for n in names for i in vocab.ids(n)} if vocab is not None else set()
             present = [i for i in present if i in wanted]
         source, targets = rays(projection)
-        thick = project_labels(lab, self.labels.affine, source, targets, ids=present)
+        thick = project_labels(lab, self.labels.affine, source, targets, ids=present, layout_cache=self._layouts)
         name = vocab.name if vocab is not None else (lambda i: f"label_{i}")
         return {name(i): thick[k] for k, i in enumerate(present)}
 
