@@ -271,7 +271,7 @@ class Volume:
 
         Labels use nearest neighbour, images trilinear interpolation unless ``order`` says.
         """
-        sp = _as_spacing(spacing)
+        sp = as_spacing_mm(spacing)
         extent = np.asarray(self.shape) * self.spacing
         new_shape = np.maximum(1, np.round(extent / sp)).astype(int)
         # Keep the outer corner of voxel (0, 0, 0) fixed: both grids span the same box.
@@ -341,12 +341,20 @@ def describe_grid(v: Volume) -> str:
     return f"shape {'x'.join(map(str, v.shape))}, spacing {sp} mm, origin ({org}) mm, {v.orientation}"
 
 
-def _as_spacing(spacing: float | Sequence[float]) -> np.ndarray:
-    sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
-    if sp.size == 1:
+def as_spacing_mm(spacing: Any, *, name: str = "spacing") -> np.ndarray:
+    """Validate a voxel size: one positive number (isotropic) or three, in mm -> float64 array (3,).
+
+    Raises `InputError` ``"<name> must be 3 positive floats in mm, got (...)"``.
+    """
+    try:
+        sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be 3 positive floats in mm, got {spacing!r}") from None
+    shown = sp[0].item() if sp.shape == (1,) else tuple(sp.ravel().tolist()) if sp.ndim == 1 else spacing
+    if sp.shape == (1,):
         sp = np.repeat(sp, 3)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise InputError(f"spacing must be 3 positive floats in mm, got {tuple(np.atleast_1d(spacing).tolist())}")
+        raise InputError(f"{name} must be 3 positive floats in mm, got {shown}")
     return sp
 
 

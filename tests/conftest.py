@@ -25,6 +25,15 @@ def make_affine(spacing=(0.7, 0.8, 2.5), direction=None, origin=(-12.5, 30.0, -2
     return a
 
 
+#: TotalSegmentator's five lung lobes (what the "lung" group must mean).
+LOBES = (
+    "lung_upper_lobe_left",
+    "lung_lower_lobe_left",
+    "lung_upper_lobe_right",
+    "lung_middle_lobe_right",
+    "lung_lower_lobe_right",
+)
+
 #: Named grids every round-trip test runs on.
 AFFINES = {
     "ras": make_affine(),

@@ -22,15 +22,8 @@ from synthgen.anatomy.ops import body_mask, bounding_box, distance_to_surface_mm
 from synthgen.anatomy.vocab import Vocabulary
 from synthgen.errors import GridMismatchError, InputError
 from synthgen.volume import Volume
-from tests.conftest import AFFINES
+from tests.conftest import AFFINES, LOBES
 
-LOBES = (
-    "lung_upper_lobe_left",
-    "lung_lower_lobe_left",
-    "lung_upper_lobe_right",
-    "lung_middle_lobe_right",
-    "lung_lower_lobe_right",
-)
 
 
 def world_points(v: Volume) -> np.ndarray:

@@ -12,14 +12,8 @@ import pytest
 from synthgen.anatomy.vocab import StructureStats, Vocabulary, format_summary, summarize
 from synthgen.errors import InputError
 from synthgen.volume import Volume
+from tests.conftest import LOBES
 
-LOBES = (
-    "lung_upper_lobe_left",
-    "lung_lower_lobe_left",
-    "lung_upper_lobe_right",
-    "lung_middle_lobe_right",
-    "lung_lower_lobe_right",
-)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,6 @@ ORGANS: dict[str, dict[str, Any]] = {
     "heart": {"centre": (-22.0, 35.0, 22.0), "radii": (58.0, 45.0, 50.0), "rot": (-30.0, -15.0)},
 }
 
-_SPEC = "spacing must be 3 positive floats in mm"
 
 
 # ------------------------------------------------------------------ public API
@@ -137,13 +136,9 @@ def _check_args(
         shp = ()
     if len(shp) != 3 or not all(_is_int(s) and s > 0 for s in shp):
         raise InputError(f"shape must be 3 positive ints (voxels along i, j, k), got {shape!r}")
-    try:
-        arr = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise InputError(f"{_SPEC}, got {spacing!r}") from None
-    if arr.ndim != 1 or arr.size not in (1, 3) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise InputError(f"{_SPEC}, got {_fmt(spacing)}")
-    sp = tuple(float(s) for s in np.broadcast_to(arr, (3,)))
+    from synthgen.volume import as_spacing_mm
+
+    sp = tuple(float(v) for v in as_spacing_mm(spacing))
     if not _is_int(seed) or seed < 0:
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
     if isinstance(noise_hu, bool) or not isinstance(noise_hu, (int, float, np.number)) or not noise_hu >= 0:
@@ -155,12 +150,6 @@ def _check_args(
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return "(" + ", ".join(str(x) for x in np.asarray(v).ravel().tolist()) + ")"
-    return repr(v)
 
 
 # ------------------------------------------------------------------ sampling

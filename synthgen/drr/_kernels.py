@@ -60,15 +60,18 @@ def joseph_plan(s, d, length_mm, n_a):
 
 
 @numba.njit(**_JIT)
+def _cell(pb, pc):  # pragma: no cover - compiled
+    """Top-left voxel (ib, ic) of the bilinear cell holding the point (pb, pc), and the fractions."""
+    fb0 = math.floor(pb)
+    fc0 = math.floor(pc)
+    return int(fb0), int(fc0), pb - fb0, pc - fc0
+
+
+@numba.njit(**_JIT)
 def _bilinear_add(plane, pb, pc, w, acc, q):  # pragma: no cover - compiled
     """acc[q, :] += w * bilinear(plane, pb, pc), zero outside the plane."""
     n_b, n_c, n_ch = plane.shape
-    fb0 = math.floor(pb)
-    fc0 = math.floor(pc)
-    ib = int(fb0)
-    ic = int(fc0)
-    fb = pb - fb0
-    fc = pc - fc0
+    ib, ic, fb, fc = _cell(pb, pc)
     if ib >= 0 and ib < n_b - 1 and ic >= 0 and ic < n_c - 1:
         w00 = w * (1 - fb) * (1 - fc)
         w01 = w * (1 - fb) * fc
@@ -116,12 +119,7 @@ def joseph_forward(vol, b0, kb, c0, kc, m_lo, m_hi, step, out):  # pragma: no co
 def _bilinear_scatter(plane, pb, pc, g):  # pragma: no cover - compiled
     """Adjoint of `_bilinear_add`: plane[...] += weights * g[ch] (zero outside)."""
     n_b, n_c, n_ch = plane.shape
-    fb0 = math.floor(pb)
-    fc0 = math.floor(pc)
-    ib = int(fb0)
-    ic = int(fc0)
-    fb = pb - fb0
-    fc = pc - fc0
+    ib, ic, fb, fc = _cell(pb, pc)
     if ib < -1 or ib >= n_b or ic < -1 or ic >= n_c:
         return
     for k in range(4):
@@ -377,16 +375,20 @@ def _siddon_ray(s, dv, shape, seg_t, seg_idx):  # pragma: no cover - compiled
     return n
 
 
+@numba.njit(**_JIT)
+def _siddon_scratch(n_a, n_b, n_c):  # pragma: no cover - compiled
+    """Grid shape and per-thread segment buffers for `_siddon_ray` (a ray crosses < n_a + n_b + n_c + 3 voxels)."""
+    max_seg = n_a + n_b + n_c + 3
+    return np.array([n_a, n_b, n_c]), np.empty(max_seg), np.empty((max_seg, 3), dtype=np.int64)
+
+
 @numba.njit(parallel=True, **_JIT)
 def siddon_forward(vol, s, d, length_mm, out):  # pragma: no cover - compiled
     """Exact path-length weighted sums: out[r, q, ch] = sum_voxels length_mm * vol[voxel, ch]."""
     n_a, n_b, n_c, n_ch = vol.shape
     rows, cols = d.shape[0], d.shape[1]
-    shape = np.array([n_a, n_b, n_c])
-    max_seg = n_a + n_b + n_c + 3
     for r in prange(rows):
-        seg_t = np.empty(max_seg)
-        seg_idx = np.empty((max_seg, 3), dtype=np.int64)
+        shape, seg_t, seg_idx = _siddon_scratch(n_a, n_b, n_c)
         for q in range(cols):
             n = _siddon_ray(s, d[r, q], shape, seg_t, seg_idx)
             for ch in range(n_ch):
@@ -401,10 +403,7 @@ def siddon_adjoint(grad_out, s, d, length_mm, grad_vol):  # pragma: no cover - c
     """grad_vol += S^T grad_out for `siddon_forward` (serial: rays overlap in voxels)."""
     n_a, n_b, n_c, n_ch = grad_vol.shape
     rows, cols = d.shape[0], d.shape[1]
-    shape = np.array([n_a, n_b, n_c])
-    max_seg = n_a + n_b + n_c + 3
-    seg_t = np.empty(max_seg)
-    seg_idx = np.empty((max_seg, 3), dtype=np.int64)
+    shape, seg_t, seg_idx = _siddon_scratch(n_a, n_b, n_c)
     for r in range(rows):
         for q in range(cols):
             n = _siddon_ray(s, d[r, q], shape, seg_t, seg_idx)
@@ -419,11 +418,8 @@ def siddon_labels(labels, lut, s, d, length_mm, out):  # pragma: no cover - comp
     """Per-structure thickness: out[lut[label], r, q] += exact path length (mm) through that label."""
     n_a, n_b, n_c = labels.shape
     rows, cols = d.shape[0], d.shape[1]
-    shape = np.array([n_a, n_b, n_c])
-    max_seg = n_a + n_b + n_c + 3
     for r in prange(rows):
-        seg_t = np.empty(max_seg)
-        seg_idx = np.empty((max_seg, 3), dtype=np.int64)
+        shape, seg_t, seg_idx = _siddon_scratch(n_a, n_b, n_c)
         for q in range(cols):
             n = _siddon_ray(s, d[r, q], shape, seg_t, seg_idx)
             for k in range(n):

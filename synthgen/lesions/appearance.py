@@ -581,13 +581,9 @@ def _is_number(v: Any) -> bool:
 
 
 def _spacing(spacing_mm: Any) -> np.ndarray:
-    try:
-        arr = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise InputError(f"spacing_mm must be 3 positive floats in mm, got {spacing_mm!r}") from None
-    if arr.ndim != 1 or arr.size not in (1, 3) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise InputError(f"spacing_mm must be 3 positive floats in mm, got {tuple(arr.tolist())}")
-    return np.broadcast_to(arr, (3,)).copy()
+    from synthgen.volume import as_spacing_mm
+
+    return as_spacing_mm(spacing_mm, name="spacing_mm")
 
 
 def _shape(shape: Any) -> tuple[int, int, int]:
