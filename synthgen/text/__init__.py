@@ -1,0 +1,1 @@
+"""Text: radiology prompts -> typed specs, and captions from label maps."""
