@@ -85,8 +85,9 @@ def check_lesion(ct: Volume, labels: Volume, result, spec: LesionSpec, *, noise:
 def test_every_organ_and_type_on_the_phantom(host, organ, lesion_type):
     ct, labels = host
     before = (ct.numpy().copy(), labels.numpy().copy())
-    diameter, count = {"kidney": (12.0, 3), "lung": (14.0, 3)}.get(organ, (24.0, 1))
-    spec = LesionSpec(type=lesion_type, organ=organ, diameter_mm=diameter, count=count, seed=5, margin_mm=2.0)
+    # sizes chosen so that every case has >= 150 interior voxels for the noise comparison
+    diameter, count, margin = {"kidney": (16.0, 2, 1.5), "lung": (14.0, 3, 2.0)}.get(organ, (24.0, 1, 2.0))
+    spec = LesionSpec(type=lesion_type, organ=organ, diameter_mm=diameter, count=count, seed=5, margin_mm=margin)
     result = insert_lesions(ct, labels, spec)
     assert result.phase == "portal_venous"
     # ground-glass texture is heterogeneous on purpose (60 HU std): its noise is not the host's alone
