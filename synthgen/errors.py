@@ -8,6 +8,14 @@ line and exits with status 2; library callers can catch it like a ``ValueError``
 from __future__ import annotations
 
 
+def did_you_mean(value: str, candidates, *, n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` (or ``'x' or 'y'``) for the closest of ``candidates``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(candidates), n=n, cutoff=0.6)
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
+
+
 class SynthgenError(Exception):
     """Base class of every synthgen exception."""
 

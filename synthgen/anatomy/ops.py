@@ -23,7 +23,7 @@ import numpy as np
 
 from synthgen.anatomy.vocab import Vocabulary, summarize
 from synthgen.errors import InputError
-from synthgen.volume import Volume
+from synthgen.volume import Volume, as_spacing_mm
 
 __all__ = ["structure_ids", "organ_mask", "bounding_box", "distance_to_surface_mm", "body_mask"]
 
@@ -144,7 +144,7 @@ def distance_to_surface_mm(
     from scipy import ndimage
 
     m = np.asarray(mask).astype(bool, copy=False)
-    sp = _spacing(spacing_mm, m.ndim)
+    sp = as_spacing_mm(spacing_mm, name="spacing_mm")
     if not inside:
         if not m.any():
             return np.full(m.shape, np.inf, dtype=np.float32)
@@ -160,16 +160,6 @@ def distance_to_surface_mm(
     dist = ndimage.distance_transform_edt(sub, sampling=sp)
     out[sl] = dist[(slice(1, -1),) * m.ndim]
     return out
-
-
-def _spacing(spacing_mm: float | Sequence[float], ndim: int) -> np.ndarray:
-    try:
-        sp = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64))
-    except (TypeError, ValueError):
-        sp = np.array([np.nan])
-    if sp.ndim != 1 or sp.size not in (1, ndim) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise InputError(f"spacing_mm must be {ndim} positive floats in mm, got {spacing_mm!r}")
-    return np.broadcast_to(sp, (ndim,)).copy()
 
 
 # ---------------------------------------------------------------------- body

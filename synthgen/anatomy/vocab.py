@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import functools
 import json
 import os
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from synthgen._assets import asset_path
-from synthgen.errors import InputError
+from synthgen.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from synthgen.volume import Volume
@@ -63,10 +62,7 @@ def _parse_id(value: Any, where: str) -> int:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
-    if not close:
-        return ""
-    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return did_you_mean(name, candidates, n=3)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

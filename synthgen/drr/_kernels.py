@@ -68,6 +68,16 @@ def _cell(pb, pc):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
+def _tap(ib, ic, fb, fc, k, n_b, n_c):  # pragma: no cover - compiled
+    """Tap ``k`` (0..3) of the bilinear cell at (ib, ic): its voxel and weight (0 outside the plane)."""
+    jb = ib + (k >> 1)
+    jc = ic + (k & 1)
+    if jb < 0 or jb >= n_b or jc < 0 or jc >= n_c:
+        return 0, 0, 0.0
+    return jb, jc, (fb if k >> 1 else 1 - fb) * (fc if k & 1 else 1 - fc)
+
+
+@numba.njit(**_JIT)
 def _bilinear_add(plane, pb, pc, w, acc, q):  # pragma: no cover - compiled
     """acc[q, :] += w * bilinear(plane, pb, pc), zero outside the plane."""
     n_b, n_c, n_ch = plane.shape
@@ -83,15 +93,11 @@ def _bilinear_add(plane, pb, pc, w, acc, q):  # pragma: no cover - compiled
                 + w10 * plane[ib + 1, ic, ch] + w11 * plane[ib + 1, ic + 1, ch]
             )
         return
-    if ib < -1 or ib >= n_b or ic < -1 or ic >= n_c:
-        return
     for k in range(4):
-        jb = ib + (k >> 1)
-        jc = ic + (k & 1)
-        if jb >= 0 and jb < n_b and jc >= 0 and jc < n_c:
-            wk = w * (fb if k >> 1 else 1 - fb) * (fc if k & 1 else 1 - fc)
+        jb, jc, wk = _tap(ib, ic, fb, fc, k, n_b, n_c)
+        if wk != 0:
             for ch in range(n_ch):
-                acc[q, ch] += wk * plane[jb, jc, ch]
+                acc[q, ch] += w * wk * plane[jb, jc, ch]
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -120,13 +126,9 @@ def _bilinear_scatter(plane, pb, pc, g):  # pragma: no cover - compiled
     """Adjoint of `_bilinear_add`: plane[...] += weights * g[ch] (zero outside)."""
     n_b, n_c, n_ch = plane.shape
     ib, ic, fb, fc = _cell(pb, pc)
-    if ib < -1 or ib >= n_b or ic < -1 or ic >= n_c:
-        return
     for k in range(4):
-        jb = ib + (k >> 1)
-        jc = ic + (k & 1)
-        if jb >= 0 and jb < n_b and jc >= 0 and jc < n_c:
-            wk = (fb if k >> 1 else 1 - fb) * (fc if k & 1 else 1 - fc)
+        jb, jc, wk = _tap(ib, ic, fb, fc, k, n_b, n_c)
+        if wk != 0:
             for ch in range(n_ch):
                 plane[jb, jc, ch] += wk * g[ch]
 

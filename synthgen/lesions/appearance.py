@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from synthgen._assets import asset_path
-from synthgen.errors import InputError
+from synthgen.errors import InputError, did_you_mean
 
 __all__ = [
     "LESION_TYPES", "ORGANS", "PHASES", "Appearance", "appearance", "supported_appearances", "estimate_phase",
@@ -144,8 +143,7 @@ def supported_appearances() -> tuple[tuple[str, str, str], ...]:
 def _check_name(value: Any, valid: Sequence[str], what: str) -> None:
     if isinstance(value, str) and value in valid:
         return
-    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(valid)}"
+    hint = did_you_mean(value, valid) or f"; expected one of: {', '.join(valid)}"
     raise InputError(f"unknown {what} {value!r}{hint}")
 
 
@@ -301,15 +299,6 @@ def _structure_lut(vocab: Any, top: int) -> tuple[list[str], np.ndarray]:
     return keys, lut
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """Slices of the smallest box holding every True voxel of a non-empty 3D mask."""
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def _phase_by_rules(m: Mapping[str, float]) -> tuple[str | None, str]:
     aorta, portal, liver = m.get("aorta"), m.get("portal_vein"), m.get("liver")
     kidney, bladder = m.get("kidney"), m.get("urinary_bladder")
@@ -384,7 +373,9 @@ def estimate_noise(hu: np.ndarray, region: np.ndarray, *, spacing_mm: Any) -> No
     count = int(np.count_nonzero(mask))
     if count < MIN_NOISE_VOXELS:
         raise InputError(f"noise region has {count} voxels; estimate_noise needs at least {MIN_NOISE_VOXELS}")
-    box = _bounding_box(mask)
+    from synthgen.anatomy.ops import bounding_box
+
+    box = tuple(slice(a, b) for a, b in zip(*bounding_box(mask)))
     lags_mm, variances = _lag_variances(x[box].astype(np.float64), mask[box], sp)
     if len(lags_mm) < 2:
         raise InputError("noise region is too thin: fewer than 2 lags have 100 voxel pairs inside it")

@@ -46,8 +46,7 @@ def run(
     if preview:
         extra["preview"] = out / f"{stem}_preview.png"
     for p in [*extra.values(), out / f"{stem}_ct.nii.gz", out / f"{stem}_labels.nii.gz", out / f"{stem}.json"]:
-        if p.exists() and not overwrite:
-            check_writable(p, overwrite=False)
+        check_writable(p, overwrite=overwrite)
     result = insert_lesions(ct, labels, specs)
     record = make_record(
         "synthgen.lesion.insert",

@@ -7,26 +7,25 @@ every field is validated here, with the closest valid name suggested for typos.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from synthgen.errors import InputError
+from synthgen.errors import InputError, did_you_mean
 
-LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_glass", "hemorrhage")
-PHASES = ("auto", "non_contrast", "arterial", "portal_venous", "delayed")
-#: Organ families the appearance table covers, and the vocabulary names/groups that map to each.
-ORGAN_FAMILIES = ("liver", "kidney", "spleen", "pancreas", "lung")
+from synthgen.lesions.appearance import LESION_TYPES
+from synthgen.lesions.appearance import ORGANS as ORGAN_FAMILIES  # organ families of the appearance table
+from synthgen.lesions.appearance import PHASES as _TABLE_PHASES
+
+PHASES = ("auto", *_TABLE_PHASES)
 #: Surface irregularity by type: cysts are smooth and round, haemorrhages and tumours irregular.
 _DEFAULT_LOBULATION = {"tumor": 0.25, "cyst": 0.05, "metastasis": 0.2, "nodule_solid": 0.15,
                        "nodule_ground_glass": 0.2, "hemorrhage": 0.3}
 
 
 def _suggest(value: str, valid: Sequence[str], what: str) -> InputError:
-    close = difflib.get_close_matches(value, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+    hint = did_you_mean(value, valid) or f"; valid: {', '.join(valid)}"
     return InputError(f"unknown {what} {value!r}{hint}")
 
 
@@ -35,10 +34,9 @@ def organ_family(organ: str) -> str:
     for family in ORGAN_FAMILIES:
         if organ == family or organ.startswith(family + "_"):
             return family
-    close = difflib.get_close_matches(organ, ORGAN_FAMILIES, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(organ, ORGAN_FAMILIES).lstrip("; ")
     raise InputError(
-        f"unknown lesion organ {organ!r}; {hint}lesions go into {', '.join(ORGAN_FAMILIES)} "
+        f"unknown lesion organ {organ!r}; {hint + ' ' if hint else ''}lesions go into {', '.join(ORGAN_FAMILIES)} "
         "(or their parts, e.g. kidney_left, lung_upper_lobe_right)"
     )
 
@@ -126,8 +124,8 @@ class LesionSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(unknown[0], sorted(fields)).lstrip("; ")
+            hint = f" ({hint})" if hint else ""
             raise InputError(
                 f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}; "
                 f"valid: {', '.join(sorted(fields))}"
