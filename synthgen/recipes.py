@@ -8,6 +8,7 @@ they land; an unknown task is an error that lists the known ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -66,14 +67,13 @@ def _phantom_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pat
 @task("describe_example")
 def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """Geometry + label summary of the example CT as JSON, and a labelled montage PNG."""
-    from synthgen.data import example_ct
     from synthgen.io.atomic import write_text
     from synthgen.report.info import describe
     from synthgen.report.montage import montage, save_png
 
     if step.config or step.overrides:
         raise InputError("task describe_example takes no config or overrides")
-    ct, labels = example_ct()
+    ct, labels = _example()
     info = {"ct": describe(ct), "labels": describe(labels)}
     paths = {"info": out / "example_info.json", "preview": out / "example.png"}
     write_text(paths["info"], json.dumps(info, indent=2) + "\n", overwrite=overwrite)
@@ -110,14 +110,22 @@ def _lesion_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
     return run(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
 
 
+@functools.lru_cache(maxsize=1)
+def _example():
+    """The example CT, read once however many steps of a run use it (steps never modify inputs)."""
+    from synthgen.data import example_ct
+
+    return example_ct()
+
+
 def _scan(step: StepConfig):
     """The (ct, labels, input paths) a step reads: its ``inputs`` or the example CT."""
     from synthgen.io import read, read_pair
 
     if not step.inputs:
-        from synthgen.data import example_ct, example_dir
+        from synthgen.data import example_dir
 
-        ct, labels = example_ct()
+        ct, labels = _example()
         return ct, labels, [example_dir() / "cxr.nii.gz", example_dir() / "mask.nii.gz"]
     if len(step.inputs) > 2:
         raise InputError(f"step {step.name or step.task}: inputs are [CT] or [CT, LABELS], got {step.inputs}")

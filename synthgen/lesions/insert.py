@@ -243,9 +243,9 @@ def _insert_one(
     occ = shape.occupancy
     inner = tuple(slice(a, a + n) for a, n in zip(start, occ.shape))
     model = _noise_near(out_hu, organ, start, shape, sp)
-    lo, hi = _mass_effect_box(start, shape, out_hu.shape, sp) if spec.mass_effect_mm > 0 else (
-        tuple(start), tuple(a + n for a, n in zip(start, occ.shape)))
+    lo, hi = tuple(start), tuple(a + n for a, n in zip(start, occ.shape))  # the box this lesion changes
     if spec.mass_effect_mm > 0:
+        lo, hi = _mass_effect_box(start, shape, out_hu.shape, sp)
         work = tuple(slice(a, b) for a, b in zip(lo, hi))
         centre = np.asarray(start) - np.asarray(lo) + np.asarray(shape.center)
         hu_w, lab_w = mass_effect(out_hu[work], out_lab[work], centre, radius_mm=shape.diameter_mm / 2,
