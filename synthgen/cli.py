@@ -96,11 +96,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_drr(args: argparse.Namespace) -> int:
-    from synthgen.config import load_config, save_config
+    from synthgen.config import load_config
     from synthgen.drr.job import DRRConfig, run
     from synthgen.io import read, read_pair
-    from synthgen.io.atomic import check_writable
-    from synthgen.io.record import make_record
 
     overrides = list(args.overrides)
     flags = {
@@ -118,11 +116,9 @@ def _cmd_drr(args: argparse.Namespace) -> int:
         ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
     else:
         ct, labels = read(args.ct, progress=args.progress), None
-    config_path = check_writable(Path(args.out) / "config.yaml", overwrite=args.overwrite)
     inputs = [args.ct] + ([args.labels] if args.labels else [])
-    record = make_record("synthgen.drr", parameters={}, seed=cfg.seed, inputs=inputs)
-    written = run(ct, cfg, args.out, labels=labels, overwrite=args.overwrite, progress=args.progress, record=record)
-    save_config(cfg, config_path, overwrite=args.overwrite)
+    written, config_path = run(ct, cfg, args.out, labels=labels, inputs=inputs, overwrite=args.overwrite,
+                               progress=args.progress)
     for view, paths in written.items():
         print(f"{view}: " + ", ".join(p.name for p in paths.values()))
     print(f"config   {config_path}")

@@ -84,16 +84,14 @@ def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict
 @task("drr")
 def _drr_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """X-ray views of a CT (and its labels): configs/drr.yaml schema (`synthgen.drr.job.DRRConfig`)."""
-    from synthgen.config import load_config, save_config
+    from synthgen.config import load_config
     from synthgen.drr.job import DRRConfig, run
-    from synthgen.io.record import make_record
 
     cfg = load_config(DRRConfig, paths=step.config, overrides=step.overrides)
     ct, labels, inputs = _scan(step)
-    record = make_record("synthgen.drr", parameters={}, seed=cfg.seed, inputs=inputs)
-    written = run(ct, cfg, out, labels=labels, overwrite=overwrite, progress=False, record=record)
+    written, config_path = run(ct, cfg, out, labels=labels, inputs=inputs, overwrite=overwrite, progress=False)
     paths = {f"{view}_{role}": p for view, ps in written.items() for role, p in ps.items()}
-    paths["config"] = save_config(cfg, out / "config.yaml", overwrite=overwrite)
+    paths["config"] = config_path
     return paths
 
 

@@ -133,17 +133,24 @@ def run(
     out_dir: str | os.PathLike,
     *,
     labels: Volume | None = None,
+    inputs: list[str | os.PathLike] = (),  # type: ignore[assignment]
     overwrite: bool = False,
     progress: bool = True,
-    record: dict | None = None,
-) -> dict[str, dict[str, Path]]:
-    """Render every view of ``config`` and write it to ``out_dir``; returns the paths per view."""
+) -> tuple[dict[str, dict[str, Path]], Path]:
+    """Render every view of ``config`` into ``out_dir`` with a provenance record (``inputs`` hashed)
+    per view, and the resolved ``config.yaml`` beside them; returns (paths per view, config path)."""
     from tqdm.auto import tqdm
 
+    from synthgen.config import save_config
+    from synthgen.io.atomic import check_writable
+    from synthgen.io.record import make_record
+
+    config_path = check_writable(Path(out_dir) / "config.yaml", overwrite=overwrite)
     views = projections(config, ct)
+    record = make_record("synthgen.drr", parameters={}, seed=config.seed, inputs=list(inputs))
     renderer = DRRRenderer(ct, labels=labels, bone_hu=config.physics.bone_hu)
     written = {}
     for k, proj in enumerate(tqdm(views, desc="drr", unit="view", disable=not progress)):
         drr = renderer.render(proj, config.physics, seed=config.seed + k)
         written[proj.name] = write_drr(drr, out_dir, overwrite=overwrite, record=record)
-    return written
+    return written, save_config(config, config_path, overwrite=overwrite)
