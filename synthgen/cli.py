@@ -167,6 +167,101 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from synthgen.config import load_config
+    from synthgen.models.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, paths=args.config, overrides=args.overrides)
+    res = train(args.stage, cfg, args.out, resume=args.resume, progress=args.progress)
+    losses = res["losses"]
+    if losses:
+        print(f"{args.stage}: {len(losses)} steps in {res['seconds']:.0f} s, loss {losses[0]:.4f} -> "
+              f"{sum(losses[-20:]) / len(losses[-20:]):.4f} (mean of last 20)")
+    else:
+        print(f"{args.stage}: already trained to its last step")
+    print(f"weights in {args.out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthgen.pipelines.latent_ct import TextToCTPipeline
+
+    labels = None
+    if args.labels:
+        from synthgen.io import as_label_map, read
+
+        labels = as_label_map(read(args.labels, kind="label"), name=args.labels)
+        if args.spacing_given:
+            labels = labels.resample(args.spacing)
+    pipe = TextToCTPipeline.from_pretrained(args.weights)
+    res = pipe(args.prompt, labels=labels, size=tuple(args.size), spacing=args.spacing, steps=args.steps,
+               guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, progress=args.progress)
+    for w in res.record.get("warnings", []):
+        print(f"prompt: {w}", file=sys.stderr)
+    paths = _write_generated(args, res)
+    if args.check:
+        paths.update(_run_check(res.ct, res.labels, pipe, phase=(res.record.get("spec") or {}).get("phase"),
+                                out=Path(args.out) / f"{args.stem}_check.json", overwrite=args.overwrite))
+    print(f"generated {res.ct.shape[0]}x{res.ct.shape[1]}x{res.ct.shape[2]} at "
+          f"{' x '.join(f'{s:g}' for s in res.ct.spacing)} mm in {res.record['seconds']:.1f} s "
+          f"({args.steps} {args.scheduler} steps, seed {args.seed})")
+    for role, p in paths.items():
+        print(f"{role:8s} {p}")
+    return 0
+
+
+def _write_generated(args: argparse.Namespace, res) -> dict:
+    from synthgen.io import write
+    from synthgen.io.atomic import check_writable
+    from synthgen.io.case import write_case
+
+    out = Path(args.out)
+    if args.format == "dicom":
+        lab_path = out / f"{args.stem}_labels.nii.gz"
+        check_writable(lab_path, overwrite=args.overwrite)
+        paths = write_case(out, args.stem, ct=res.ct, labels=None, record=res.record, overwrite=args.overwrite,
+                           ext="")
+        write(res.labels, lab_path, overwrite=args.overwrite)
+        paths["labels"] = lab_path
+        from synthgen.report.montage import montage, save_png
+
+        save_png(montage(res.ct, res.labels), paths["preview"], overwrite=True)
+        return paths
+    return write_case(out, args.stem, ct=res.ct, labels=res.labels, record=res.record, overwrite=args.overwrite)
+
+
+def _run_check(ct, labels, pipe, *, phase, out: Path, overwrite: bool) -> dict:
+    from synthgen.fidelity import check, format_check
+    from synthgen.io.record import write_record
+
+    thumbs, sources = pipe.training_thumbnails() if pipe is not None else (None, None)
+    result = check(ct, labels, phase=phase, training=thumbs, training_sources=sources)
+    print(format_check(result))
+    return {"check": write_record(result, out, overwrite=overwrite)}
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from synthgen.io import read_pair
+
+    ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
+    pipe = None
+    if args.weights:
+        from synthgen.pipelines.latent_ct import MaskToCTPipeline
+
+        pipe = MaskToCTPipeline.from_pretrained(args.weights)
+    paths = {}
+    if args.out:
+        paths = _run_check(ct, labels, pipe, phase=args.phase, out=Path(args.out), overwrite=args.overwrite)
+    else:
+        from synthgen.fidelity import check, format_check
+
+        thumbs, sources = pipe.training_thumbnails() if pipe is not None else (None, None)
+        print(format_check(check(ct, labels, phase=args.phase, training=thumbs, training_sources=sources)))
+    for role, p in paths.items():
+        print(f"{role:8s} {p}")
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
     parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
@@ -266,6 +361,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_lesion_insert)
 
+    p = sub.add_parser("train", help="train the latent diffusion stack: vae, then ldm, then controlnet")
+    p.add_argument("stage", help="vae | ldm | controlnet")
+    p.add_argument("--config", action="append", default=[], required=True,
+                   help="training config YAML (configs/train_cpu.yaml); repeat to merge")
+    p.add_argument("--out", required=True, help="run folder: cache, checkpoints, previews, weights")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this stage")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. vae_stage.steps=500)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="generate a CT + label map from a prompt (and optionally a label map)")
+    p.add_argument("prompt", help='e.g. "chest CT, 3 cm tumour in the liver"')
+    p.add_argument("--labels", metavar="L", help="your label map (skips building one from the prompt)")
+    p.add_argument("--size", type=int, nargs=3, default=[96, 96, 96], metavar=("I", "J", "K"),
+                   help="voxels of the generated volume (default 96 96 96)")
+    p.add_argument("--spacing", type=float, default=None, help="isotropic voxel size in mm (default 4)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--scheduler", default="ddim", help="ddim | dpm (DPM-Solver++, good at 10-20 steps)")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="CT output format")
+    p.add_argument("--out", default="generated", help="output folder (default ./generated)")
+    p.add_argument("--stem", default="synth", help="file name stem (default synth)")
+    p.add_argument("--weights", default=None, help="pipeline folder (default: the shipped CPU weights)")
+    p.add_argument("--check", action="store_true", help="run the fidelity check on the result")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("check", help="fidelity check of a CT against its label map (HU, Dice, memorisation)")
+    p.add_argument("ct")
+    p.add_argument("labels")
+    p.add_argument("--phase", default=None, help="contrast phase (default: estimated from the CT)")
+    p.add_argument("--weights", default=None, help="pipeline folder whose training thumbnails to compare with")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_check)
+
     p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per step)")
@@ -286,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     args.progress = not args.quiet
+    if args.command == "generate":
+        args.spacing_given = args.spacing is not None
+        args.spacing = 4.0 if args.spacing is None else args.spacing
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -454,6 +454,9 @@ def _default_organ(lesion_type: str, state: _State, words: str, warnings: list[s
         return "lung"
     if state.organs:
         return state.organs[-1]
+    if set(state.regions) == {"chest"}:
+        warnings.append(f"no organ for {words!r}; read as lung (chest CT)")
+        return "lung"
     warnings.append(f"no organ for {words!r}; read as liver")
     return "liver"
 
@@ -475,7 +478,13 @@ def _phase(phases: list[str], warnings: list[str]) -> str | None:
     return "portal_venous" if "contrast" in phases else None
 
 
+MIN_SLICE_MM, MAX_SLICE_MM = 0.1, 20.0
+
+
 def _slice(slices: list[float], warnings: list[str]) -> float | None:
+    for s in slices:
+        if not MIN_SLICE_MM <= s <= MAX_SLICE_MM:
+            raise InputError(f"slice thickness {s:g} mm is outside {MIN_SLICE_MM:g}-{MAX_SLICE_MM:g} mm")
     if len(set(slices)) > 1:
         warnings.append(f"several slice thicknesses ({', '.join(f'{s:g} mm' for s in slices)}); using {slices[0]:g} mm")
     return slices[0] if slices else None

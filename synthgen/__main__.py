@@ -1,0 +1,7 @@
+"""``python -m synthgen`` = the ``synthgen`` command (also what ``torchrun -m synthgen`` runs)."""
+
+import sys
+
+from synthgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,232 @@
+"""Fidelity check of a (generated) CT against its label map: `synthgen check CT LABELS`.
+
+Three questions, each answered with numbers and a pass/fail:
+
+1. **HU statistics**: per structure (lung, muscle, bone, liver, spleen, kidney, aorta), mean HU
+   inside the label against the reference range of the contrast phase
+   (assets/fidelity/hu_reference.csv; ranges are for 3-5 mm voxels).
+2. **Mask adherence**: Dice between an HU-threshold segmentation of the CT and the label map:
+   body (the largest component above -500 HU, holes filled, `body_mask`), lungs (below -500 HU
+   inside the body) and bone (above 150 HU inside the body, leaving out the labelled blood
+   pool and kidneys, which iodinated contrast brings to bone HU). Pass: Dice >= 0.85.
+3. **Memorisation**: normalised cross-correlation of a fixed-size thumbnail of the CT's body box
+   with those of the training volumes (stored beside the weights); flagged above 0.95.
+
+Lesions are measured too: per lesion label, the sphere-equivalent diameter and its mean HU
+against the host organ around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from synthgen.errors import InputError
+from synthgen.volume import Volume
+
+DICE_PASS = 0.85
+NCC_FLAG = 0.95
+THUMB = 32
+_REFERENCE_CSV = "fidelity/hu_reference.csv"
+#: structure of the reference table -> vocabulary names/groups whose voxels it averages.
+STRUCTURES = {"lung": ("lung",), "muscle": ("muscles",), "bone": ("bones",), "liver": ("liver",),
+              "spleen": ("spleen",), "kidney": ("kidney",), "aorta": ("aorta",)}
+_BLOOD_AND_KIDNEY = ("artery", "vein", "kidney")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    structure: str
+    phase: str
+    low_hu: float
+    high_hu: float
+    source: str
+
+
+def reference_table() -> list[Reference]:
+    from synthgen._assets import asset_path
+
+    with open(asset_path(_REFERENCE_CSV), newline="") as f:
+        return [Reference(r["structure"], r["phase"], float(r["low_hu"]), float(r["high_hu"]), r["source"])
+                for r in csv.DictReader(f)]
+
+
+def _reference(structure: str, phase: str | None) -> Reference | None:
+    rows = [r for r in reference_table() if r.structure == structure]
+    for r in rows:
+        if r.phase in ("*", phase):
+            return r
+    return None
+
+
+def _mask(labels: Volume, name: str) -> np.ndarray | None:
+    from synthgen.anatomy.ops import organ_mask
+
+    try:
+        m = organ_mask(labels, name)
+    except InputError:
+        return None
+    return m if m.any() else None
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+def threshold_masks(ct: Volume, labels: Volume) -> dict[str, np.ndarray]:
+    """The HU-threshold segmentations the adherence check compares with the label map."""
+    from synthgen.anatomy.ops import body_mask
+    from synthgen.models.conditioning import CHANNEL_NAMES, channel_index
+
+    hu = ct.numpy()
+    body = body_mask(ct)
+    ch = channel_index(labels)
+    enhancing = np.isin(ch, [CHANNEL_NAMES.index(c) for c in _BLOOD_AND_KIDNEY])
+    return {"body": body, "lung": (hu < -500) & body, "bone": (hu > 150) & body & ~enhancing}
+
+
+def adherence(ct: Volume, labels: Volume) -> dict[str, dict]:
+    """Dice per structure (body, lung, bone) of the threshold segmentation vs the label map."""
+    seg = threshold_masks(ct, labels)
+    lab = labels.numpy()
+    truth = {"body": lab > 0, "lung": _mask(labels, "lung"), "bone": _mask(labels, "bones")}
+    out = {}
+    for k, t in truth.items():
+        if t is None or not t.any():
+            out[k] = {"dice": None, "pass": None, "note": "not in the label map"}
+            continue
+        if k == "body" and not np.isin(labels.numpy(), [i for i, n in (labels.vocab or []) if n == "body"]).any():
+            out[k] = {"dice": None, "pass": None, "note": "label map has no 'body' class"}
+            continue
+        d = dice(seg[k], t)
+        out[k] = {"dice": round(d, 4), "pass": d >= DICE_PASS}
+    return out
+
+
+def hu_statistics(ct: Volume, labels: Volume, phase: str | None) -> dict[str, dict]:
+    hu = ct.numpy()
+    out = {}
+    for s, names in STRUCTURES.items():
+        masks = [m for n in names if (m := _mask(labels, n)) is not None]
+        if not masks:
+            continue
+        m = np.logical_or.reduce(masks)
+        v = hu[m]
+        ref = _reference(s, phase)
+        row = {"mean_hu": round(float(v.mean()), 1), "std_hu": round(float(v.std()), 1), "voxels": int(m.sum())}
+        if ref is not None:
+            row.update(range_hu=[ref.low_hu, ref.high_hu], phase=ref.phase,
+                       **{"pass": bool(ref.low_hu <= v.mean() <= ref.high_hu)})
+        else:
+            row.update(range_hu=None, note=f"no reference for phase {phase!r}")
+        out[s] = row
+    return out
+
+
+def lesion_measurements(ct: Volume, labels: Volume) -> list[dict]:
+    """Per lesion label present: sphere-equivalent diameter (mm) and contrast to a 2-voxel shell."""
+    from scipy import ndimage
+
+    vocab = labels.vocab
+    lab = labels.numpy()
+    hu = ct.numpy()
+    out = []
+    for i in np.unique(lab):
+        name = vocab.name(int(i)) if vocab is not None and int(i) in vocab else ""
+        if not i or name not in _lesion_names():
+            continue
+        comps, n = ndimage.label(lab == i)
+        for k in range(1, n + 1):
+            m = comps == k
+            vol_mm3 = float(m.sum() * np.prod(ct.spacing))
+            shell = ndimage.binary_dilation(m, iterations=2) & ~m & (lab != i)
+            out.append({"label": name, "diameter_mm": round((6 * vol_mm3 / np.pi) ** (1 / 3), 1),
+                        "mean_hu": round(float(hu[m].mean()), 1),
+                        "surrounding_hu": round(float(hu[shell].mean()), 1) if shell.any() else None})
+    return out
+
+
+def _lesion_names() -> set[str]:
+    from synthgen.anatomy.vocab import Vocabulary
+
+    v = Vocabulary.default()
+    return {v.name(i) for i in v.ids("lesions")}
+
+
+def thumbnail(hu: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """`THUMB`^3 float32 thumbnail (model units) of the body's bounding box (labels > 0, else HU > -500)."""
+    from scipy import ndimage
+
+    from synthgen.models.hu import hu_to_model
+
+    mask = labels > 0 if labels is not None else hu > -500
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        idx = np.argwhere(np.ones_like(mask))
+    lo, hi = idx.min(0), idx.max(0) + 1
+    box = hu_to_model(hu[tuple(slice(a, b) for a, b in zip(lo, hi))])
+    return ndimage.zoom(box, [THUMB / n for n in box.shape], order=1).astype(np.float32)[:THUMB, :THUMB, :THUMB]
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+
+def memorisation(ct: Volume, labels: Volume, training: np.ndarray | None,
+                 sources: Sequence[str] | None = None) -> dict:
+    if training is None or len(training) == 0:
+        return {"nearest_ncc": None, "flag": None, "note": "no training thumbnails beside the weights"}
+    t = thumbnail(ct.numpy(), labels.numpy())
+    scores = [ncc(t, x) for x in training]
+    k = int(np.argmax(scores))
+    return {"nearest_ncc": round(scores[k], 4), "nearest": (sources[k] if sources else k),
+            "flag": bool(scores[k] > NCC_FLAG), "threshold": NCC_FLAG}
+
+
+def check(ct: Volume, labels: Volume, *, phase: str | None = None, training: np.ndarray | None = None,
+          training_sources: Sequence[str] | None = None) -> dict:
+    """All three checks; ``phase`` None = estimated from the CT (`estimate_phase`)."""
+    ct.check_same_grid(labels, names=("CT", "label map"))
+    if phase is None:
+        from synthgen.lesions.appearance import estimate_phase
+
+        try:
+            phase = estimate_phase(ct, labels)[0]
+        except InputError:
+            phase = None
+    hu = hu_statistics(ct, labels, phase)
+    adh = adherence(ct, labels)
+    mem = memorisation(ct, labels, training, training_sources)
+    verdicts = [r["pass"] for r in [*hu.values(), *adh.values()] if r.get("pass") is not None]
+    return {"phase": phase, "hu": hu, "adherence": adh, "lesions": lesion_measurements(ct, labels),
+            "memorisation": mem, "pass": bool(all(verdicts)) and not mem.get("flag")}
+
+
+def format_check(result: dict) -> str:
+    lines = [f"phase: {result['phase'] or 'unknown'}", "HU per structure (mean, reference range):"]
+    for s, r in result["hu"].items():
+        rng = f"{r['range_hu'][0]:.0f}..{r['range_hu'][1]:.0f}" if r.get("range_hu") else "-"
+        ok = {True: "ok", False: "OUT", None: ""}[r.get("pass")]
+        lines.append(f"  {s:8s} {r['mean_hu']:8.1f} HU  (sd {r['std_hu']:.0f})  ref {rng:>10s}  {ok}")
+    lines.append(f"mask adherence (Dice of HU threshold vs labels, pass >= {DICE_PASS}):")
+    for s, r in result["adherence"].items():
+        d = "-" if r["dice"] is None else f"{r['dice']:.3f}"
+        ok = {True: "ok", False: "LOW", None: r.get("note", "")}[r["pass"]]
+        lines.append(f"  {s:8s} {d:>6s}  {ok}")
+    for les in result["lesions"]:
+        lines.append(f"lesion {les['label']}: {les['diameter_mm']:.1f} mm, {les['mean_hu']:.0f} HU "
+                     f"(surroundings {les['surrounding_hu']} HU)")
+    m = result["memorisation"]
+    if m["nearest_ncc"] is None:
+        lines.append(f"memorisation: {m['note']}")
+    else:
+        lines.append(f"memorisation: nearest training volume NCC {m['nearest_ncc']:.3f} ({m['nearest']})"
+                     f"{'  FLAGGED' if m['flag'] else ''}")
+    lines.append("PASS" if result["pass"] else "FAIL")
+    return "\n".join(lines)

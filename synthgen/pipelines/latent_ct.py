@@ -1,0 +1,378 @@
+"""Sampling pipelines of the latent diffusion stack: mask -> CT, text -> CT, lesion inpainting.
+
+A pipeline folder (written by `synthgen train`, or by `save_pretrained`) holds::
+
+    pipeline.json          diffusion schedule, latent scale, VAE factor, training spacings
+    prior.json             per-structure mean intensity (`synthgen.models.conditioning.Prior`)
+    vae/ unet/ text_encoder/ controlnet/    config.yaml + model.safetensors each
+    training_thumbnails.safetensors         for the memorisation check
+
+Generation: label map -> prior image ``P`` (each structure its training mean) -> VAE latent
+``zp``; the diffusion UNet (+ ControlNet on the grouped one-hot labels, cross-attention on the
+spec tokens) samples the residual ``r``; ``z = zp + r / scale`` is decoded (tiled when large),
+corrected by the VAE's own error on the prior (``+ P - decode(zp)``) and mapped back to HU. Every output is marked synthetic and comes with its label map and a record
+(prompt, spec, seed, steps, scheduler, guidance, model hashes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthgen import __version__
+from synthgen.errors import InputError
+from synthgen.models.checkpoint import file_hash, load_module, save_module
+from synthgen.models.conditioning import Prior, channel_index
+from synthgen.models.hu import hu_to_model, model_to_hu
+from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, build_controlnet, build_unet, build_vae
+from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
+from synthgen.pipelines.sampling import SCHEDULERS, sample_latent
+from synthgen.volume import Volume
+
+DEFAULT_WEIGHTS = "weights/ct-cpu"
+#: Latent voxels above which the VAE decodes in tiles (memory stays bounded).
+TILE_ABOVE = 32**3
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    ct: Volume
+    labels: Volume
+    record: dict
+
+
+def default_weights() -> Path:
+    from synthgen._assets import asset_path
+
+    return asset_path(*DEFAULT_WEIGHTS.split("/"))
+
+
+def _read_yaml(path: Path, schema):
+    from synthgen.config import load_config
+
+    return load_config(schema, paths=[path])
+
+
+def _folder_settings(folder: Path) -> dict:
+    """pipeline.json, or the equivalent read from a training run folder."""
+    p = folder / "pipeline.json"
+    if p.exists():
+        return json.loads(p.read_text())
+    run_cfg, lat = folder / "train_config.yaml", folder / "latent.json"
+    if run_cfg.exists() and lat.exists():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(run_cfg))
+        d = cfg.get("diffusion", {})
+        return {"diffusion": {k: d[k] for k in ("train_timesteps", "beta_start", "beta_end", "prediction") if k in d},
+                "scale": json.loads(lat.read_text())["scale"],
+                "spacings": cfg.get("data", {}).get("spacings", [3.0, 4.0, 5.0])}
+    raise InputError(f"{folder}: not a synthgen pipeline folder (no pipeline.json, nor a training run's "
+                     "train_config.yaml + latent.json)")
+
+
+def tiled_decode(vae: torch.nn.Module, z: torch.Tensor, *, tile: int | None = None, overlap: float = 0.25,
+                 progress: bool = False) -> torch.Tensor:
+    """VAE decode of a latent, whole or in overlapping tiles of ``tile``^3 latent voxels blended
+    with Gaussian weights (MONAI's sliding window), so memory is bounded by the tile size."""
+    if tile is None or all(n <= tile for n in z.shape[2:]):
+        return vae.decode(z)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(z, roi_size=(tile,) * 3, sw_batch_size=1, predictor=vae.decode,
+                                    overlap=overlap, mode="gaussian", progress=progress)
+
+
+class MaskToCTPipeline:
+    """Label map (+ optional prompt) -> CT in HU on the label map's grid."""
+
+    def __init__(self, vae, unet, encoder, controlnet, prior: Prior, settings: dict, *, vae_config: VAEConfig,
+                 unet_config: UNetConfig, folder: Path | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.vae_config, self.unet_config = vae_config, unet_config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.vae, self.unet, self.encoder = vae.to(self.device).eval(), unet.to(self.device).eval(), \
+            encoder.to(self.device).eval()
+        self.controlnet = controlnet.to(self.device).eval() if controlnet is not None else None
+        self.prior = prior
+        self.settings = settings
+        self.diffusion = DiffusionConfig(**settings["diffusion"])
+        self.scale = float(settings["scale"])
+        self.folder = folder
+        self.factor = 2 ** (len(self.vae_config.channels) - 1)
+        self.multiple = self.factor * 2 ** (len(self.unet_config.channels) - 1)
+        self._thumbs: tuple | None = None
+
+    # ----------------------------------------------------------------- loading / saving
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, *, device=None) -> MaskToCTPipeline:
+        """Load a pipeline folder (None: the shipped default weights)."""
+        folder = Path(folder) if folder is not None else default_weights()
+        if not folder.is_dir():
+            raise InputError(f"weights folder not found: {folder} (train one with `synthgen train`, "
+                             "see README, or leave --weights out for the shipped default)")
+        settings = _folder_settings(folder)
+        vae_cfg = _read_yaml(_need(folder / "vae" / "config.yaml"), VAEConfig)
+        unet_cfg = _read_yaml(_need(folder / "unet" / "config.yaml"), UNetConfig)
+        lc = vae_cfg.latent_channels
+        vae = load_module(build_vae(vae_cfg), _need(folder / "vae" / "model.safetensors"))
+        unet = load_module(build_unet(unet_cfg, lc), _need(folder / "unet" / "model.safetensors"))
+        enc = load_module(SpecEncoder(unet_cfg.context_dim), _need(folder / "text_encoder" / "model.safetensors"))
+        cn = None
+        if (folder / "controlnet" / "model.safetensors").exists():
+            cn = load_module(build_controlnet(unet_cfg, lc), folder / "controlnet" / "model.safetensors")
+        prior = Prior.from_mapping(json.loads(_need(folder / "prior.json").read_text()))
+        return cls(vae, unet, enc, cn, prior, settings, vae_config=vae_cfg, unet_config=unet_cfg, folder=folder,
+                   device=device)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, half: bool = False, overwrite: bool = False) -> Path:
+        """Write the pipeline folder (``half``: weights stored as float16, loaded back as float32)."""
+        from synthgen.io.atomic import atomic_dir
+        from synthgen.models.train import _write_yaml
+
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
+            parts = {"vae": (self.vae, self.vae_config), "unet": (self.unet, self.unet_config),
+                     "text_encoder": (self.encoder, {"dim": self.encoder.dim}),
+                     "controlnet": (self.controlnet, self.unet_config)}
+            for name, (module, cfg) in parts.items():
+                if module is None:
+                    continue
+                (tmp / name).mkdir()
+                m = module.half() if half else module
+                save_module(m, tmp / name / "model.safetensors")
+                module.float()
+                _write_yaml(cfg, tmp / name / "config.yaml")
+            (tmp / "prior.json").write_text(self.prior.to_json())
+            (tmp / "pipeline.json").write_text(json.dumps({**self.settings, "synthgen": __version__}, indent=1))
+            if self.folder is not None and (self.folder / "training_thumbnails.safetensors").exists():
+                import shutil
+
+                shutil.copyfile(self.folder / "training_thumbnails.safetensors",
+                                tmp / "training_thumbnails.safetensors")
+        return Path(folder)
+
+    def model_hashes(self) -> dict[str, str]:
+        if self.folder is None:
+            return {}
+        return {c: file_hash(p)[:16] for c in ("vae", "unet", "text_encoder", "controlnet")
+                if (p := self.folder / c / "model.safetensors").exists()}
+
+    def training_thumbnails(self) -> tuple[np.ndarray | None, list[str] | None]:
+        if self._thumbs is None:
+            p = self.folder / "training_thumbnails.safetensors" if self.folder else None
+            if p is None or not p.exists():
+                self._thumbs = (None, None)
+            else:
+                from safetensors import safe_open
+
+                with safe_open(str(p), framework="np") as f:
+                    self._thumbs = (f.get_tensor("thumbnails").astype(np.float32),
+                                    json.loads(f.metadata()["sources"]))
+        return self._thumbs
+
+    # ----------------------------------------------------------------- generation
+    def check_labels(self, labels: Volume) -> None:
+        if not isinstance(labels, Volume) or labels.kind != "label":
+            raise InputError("the conditioning label map must be a label Volume (kind='label')")
+        lo, hi = min(self.settings.get("spacings", [3.0])), max(self.settings.get("spacings", [5.0]))
+        sp = np.asarray(labels.spacing)
+        if (sp < lo * 0.75).any() or (sp > hi * 1.25).any():
+            raise InputError(
+                f"label map spacing {' x '.join(f'{s:.2f}' for s in sp)} mm is outside what these weights "
+                f"were trained on ({lo:g}-{hi:g} mm); resample it (e.g. `--spacing 4`)")
+        if max(labels.shape) > 512:
+            raise InputError(f"label map of {labels.shape} voxels is too large for one generation (max 512 per axis)")
+
+    @torch.no_grad()
+    def __call__(self, labels: Volume, prompt: Any = None, *, steps: int = 30, guidance: float = 2.0,
+                 seed: int = 0, scheduler: str = "ddim", tile: int | None = None, prior_correction: bool = True,
+                 progress: bool = False) -> GenerationResult:
+        """Generate a CT for ``labels`` (a label Volume); ``prompt`` is text, a PromptSpec or None.
+
+        ``prior_correction``: add the VAE's reconstruction error of the prior image back to the
+        decoded image, i.e. ``CT = prior + decode(zp + r) - decode(zp)``: the structure boundaries
+        are exactly the label map's, whatever the VAE blurs; the model contributes the texture and
+        the variation inside and across structures.
+        """
+        from synthgen.text.prompt import PromptSpec, parse_prompt
+
+        self.check_labels(labels)
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not 1 <= int(steps) <= 1000:
+            raise InputError(f"steps must be 1..1000, got {steps}")
+        spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+        if spec is not None and not isinstance(spec, PromptSpec):
+            raise InputError(f"prompt must be text or a PromptSpec, got {type(prompt).__name__}")
+        t0 = time.perf_counter()
+        m = self.multiple
+        shape = labels.shape
+        padded_shape = [math.ceil(n / m) * m for n in shape]
+        lab = np.zeros(padded_shape, dtype=np.asarray(labels.numpy()).dtype)
+        lab[: shape[0], : shape[1], : shape[2]] = labels.numpy()
+        lab_vol = labels.replace(array=lab)
+        prior_img = torch.from_numpy(self.prior.image(lab_vol))[None, None].to(self.device)
+        zp = self.vae.encode(prior_img)[0]
+        channels = torch.from_numpy(channel_index(lab_vol))[None]
+        tokens = collate([spec_to_indices(spec)])
+        spacing = torch.tensor(labels.spacing, dtype=torch.float32)[None]
+        gen = torch.Generator().manual_seed(int(seed))
+        z = sample_latent(self.unet, self.encoder, self.controlnet, zp=zp, channels=channels, tokens=tokens,
+                          spacing=spacing, scale=self.scale, diffusion=self.diffusion, steps=int(steps),
+                          guidance=float(guidance), scheduler=scheduler, generator=gen, progress=progress)
+        if tile is None and np.prod(z.shape[2:]) > TILE_ABOVE:
+            tile = 24
+        y = tiled_decode(self.vae, z, tile=tile, progress=progress)
+        if prior_correction:  # add back the VAE's reconstruction error of the prior image
+            y = y + prior_img - tiled_decode(self.vae, zp, tile=tile)
+        hu = model_to_hu(y[0, 0, : shape[0], : shape[1], : shape[2]].float().cpu().numpy())
+        ct = Volume(np.rint(hu).astype(np.int16), labels.affine, kind="intensity", units="HU", modality="CT",
+                    source="synthgen latent diffusion", synthetic=True,
+                    meta={"generator": f"synthgen {__version__} MaskToCTPipeline"})
+        record = {
+            "generator": f"synthgen {__version__}", "pipeline": type(self).__name__,
+            "prompt": spec.text if spec is not None else None, "spec": spec.to_dict() if spec is not None else None,
+            "seed": int(seed), "steps": int(steps), "scheduler": scheduler, "guidance": float(guidance),
+            "shape": list(shape), "spacing_mm": [round(float(s), 4) for s in labels.spacing],
+            "weights": str(self.folder) if self.folder else None, "model_hashes": self.model_hashes(),
+            "controlnet": self.controlnet is not None, "tiled_decode": tile, "prior_correction": prior_correction,
+            "seconds": None, "synthetic": True,
+        }
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        out_labels = labels.replace(synthetic=True, source="synthgen label map")
+        return GenerationResult(ct=ct, labels=out_labels, record=record)
+
+
+def _need(p: Path) -> Path:
+    if not p.exists():
+        raise InputError(f"{p}: missing from the weights folder (an incomplete training run or export?)")
+    return p
+
+
+class TextToCTPipeline(MaskToCTPipeline):
+    """Prompt -> PromptSpec -> label map (library + deformation + lesions) -> CT."""
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, *, labels: Volume | None = None, size=(96, 96, 96), spacing: float = 4.0,
+                 steps: int = 30, guidance: float = 2.0, seed: int = 0, scheduler: str = "ddim",
+                 tile: int | None = None, progress: bool = False) -> GenerationResult:
+        from synthgen.anatomy.library import label_map_for
+        from synthgen.text.prompt import parse_prompt
+
+        spec = parse_prompt(prompt)
+        lesions: list[dict] = []
+        source = "user label map"
+        warnings = list(spec.warnings)
+        if labels is not None:
+            warnings += _findings_missing(spec, labels)
+        else:
+            built = label_map_for(spec, size=size, spacing=spacing, seed=seed)
+            labels, lesions, source = built.labels, built.lesions, built.source
+        res = super().__call__(labels, spec, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
+                               tile=tile, progress=progress)
+        res.record.update(pipeline=type(self).__name__, label_source=source, lesions=lesions, warnings=warnings)
+        return res
+
+
+def _findings_missing(spec, labels: Volume) -> list[str]:
+    """With a user label map the map decides what is drawn: name each prompt finding it lacks."""
+    from synthgen.anatomy.vocab import Vocabulary
+    from synthgen.lesions.spec import organ_family
+
+    vocab = labels.vocab or Vocabulary.default()
+    present = {vocab.name(int(i)) for i in np.unique(labels.numpy()) if int(i) in vocab}
+    out = []
+    for f in spec.findings:
+        kind = {"nodule_solid": "nodule_solid", "nodule_ground_glass": "nodule_ground_glass"}.get(f.lesion_type)
+        name = f"lung_{kind}" if kind else f"{organ_family(f.organ)}_{f.lesion_type}"
+        if name not in present:
+            out.append(f"the given label map has no {name}: the prompt's '{f.words}' is not drawn "
+                       "(the label map decides the anatomy; insert lesions with `synthgen lesion insert`)")
+    return out
+
+
+class LesionInpaintPipeline(MaskToCTPipeline):
+    """Diffusion inpainting of lesion voxels into a real CT: only voxels inside the lesion mask
+    (grown by ``margin_mm``, blended over that margin) change; every other voxel is bit-identical.
+
+    The work happens on a box around the lesion, resampled to the model's spacing: the box's
+    latent is known outside the (grown) mask and re-imposed at every step, the lesion is
+    generated inside it, decoded, resampled back to the CT's grid and blended.
+    """
+
+    @torch.no_grad()
+    def __call__(self, ct: Volume, labels: Volume, lesion_label: str | int, *, model_spacing: float = 3.0,
+                 margin_mm: float = 2.0, steps: int = 30, seed: int = 0, scheduler: str = "ddim",
+                 prompt: Any = None, progress: bool = False) -> GenerationResult:
+        from scipy import ndimage
+
+        from synthgen.anatomy.ops import bounding_box
+
+        ct.check_same_grid(labels, names=("CT", "label map"))
+        vocab = labels.vocab
+        lid = lesion_label if isinstance(lesion_label, int) else (vocab.id(lesion_label) if vocab else None)
+        if lid is None:
+            raise InputError("lesion_label must be an id when the label map has no vocabulary")
+        lab = labels.numpy()
+        mask = lab == lid
+        if not mask.any():
+            raise InputError(f"label {lesion_label!r} has no voxel in the label map")
+        sp = np.asarray(ct.spacing)
+        grow = ndimage.distance_transform_edt(~mask, sampling=sp)
+        region = grow <= margin_mm
+        weight = np.clip(1.0 - grow / max(margin_mm, 1e-6), 0.0, 1.0) * region  # 1 inside, ramps to 0
+        weight[mask] = 1.0
+        ctx_mm = 16.0 * model_spacing  # context around the lesion for the model
+        margin_vox = [math.ceil(ctx_mm / s) for s in sp]
+        box = bounding_box(region, margin_vox=margin_vox)
+        sl = tuple(slice(a, b) for a, b in zip(*box))
+        sub_ct, sub_lab = ct.crop_voxels(*box), labels.crop_voxels(*box)
+        m = self.multiple
+        # model grid: the box resampled to model_spacing, padded to the UNet multiple
+        extent = np.asarray(sub_ct.shape) * sp
+        n = [max(m, math.ceil(e / model_spacing / m) * m) for e in extent]
+        grid_affine = sub_ct.affine.copy()
+        grid_affine[:3, :3] = sub_ct.affine[:3, :3] / sp * model_spacing
+        target = Volume(np.zeros(n, np.int16), grid_affine, kind="label", vocab=vocab)
+        g_ct = sub_ct.resample_to(target, fill=-1024.0)
+        g_lab = sub_lab.resample_to(target)
+        g_region = Volume(region[sl].astype(np.uint8), sub_ct.affine, kind="label").resample_to(target).numpy() > 0
+        y = torch.from_numpy(hu_to_model(g_ct.numpy()))[None, None].to(self.device)
+        known = self.vae.encode(y)[0]
+        zp = self.vae.encode(torch.from_numpy(self.prior.image(g_lab))[None, None].to(self.device))[0]
+        f = self.factor
+        lat_mask = torch.from_numpy(
+            ndimage.maximum_filter(g_region, size=f)[::f, ::f, ::f].astype(np.float32))[None, None].to(self.device)
+        from synthgen.text.prompt import parse_prompt
+
+        spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+        z = sample_latent(self.unet, self.encoder, self.controlnet, zp=zp,
+                          channels=torch.from_numpy(channel_index(g_lab))[None], tokens=collate([spec_to_indices(spec)]),
+                          spacing=torch.tensor([model_spacing] * 3, dtype=torch.float32)[None], scale=self.scale,
+                          diffusion=self.diffusion, steps=steps, guidance=1.0, scheduler=scheduler,
+                          generator=torch.Generator().manual_seed(int(seed)), known=known,
+                          known_mask=1.0 - lat_mask, progress=progress)
+        gen_hu = model_to_hu(self.vae.decode(z)[0, 0].float().cpu().numpy())
+        back = Volume(gen_hu, grid_affine, kind="intensity", units="HU").resample_to(sub_ct, fill=0.0).numpy()
+        out = ct.numpy().copy()
+        w = weight[sl]
+        inside = w > 0
+        blended = out[sl].astype(np.float32)
+        blended[inside] = w[inside] * back[inside] + (1 - w[inside]) * blended[inside]
+        sub = out[sl]
+        sub[inside] = np.rint(blended[inside]).astype(out.dtype) if np.issubdtype(out.dtype, np.integer) \
+            else blended[inside].astype(out.dtype)
+        new_ct = ct.replace(array=out, synthetic=True)
+        record = {"generator": f"synthgen {__version__}", "pipeline": type(self).__name__,
+                  "lesion_label": str(lesion_label), "seed": int(seed), "steps": int(steps),
+                  "scheduler": scheduler, "model_spacing_mm": model_spacing, "margin_mm": margin_mm,
+                  "changed_voxels": int(inside.sum()), "model_hashes": self.model_hashes(), "synthetic": True}
+        return GenerationResult(ct=new_ct, labels=labels, record=record)

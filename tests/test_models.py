@@ -1,0 +1,190 @@
+"""synthgen.models: HU transform, conditioning, spec encoder, checkpoints, training stages, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthgen.anatomy.vocab import Vocabulary
+from synthgen.config import load_config
+from synthgen.errors import InputError
+from synthgen.models.checkpoint import load_module, load_optimizer, save_module, save_optimizer, state_hash
+from synthgen.models.conditioning import CHANNEL_NAMES, N_CHANNELS, Prior, channel_index, one_hot
+from synthgen.models.hu import HU_MAX, HU_MIN, hu_to_model, model_to_hu
+from synthgen.models.networks import VAEConfig, build_controlnet, build_unet, build_vae
+from synthgen.models.text_encoder import CONTEXT_TOKENS, SpecEncoder, collate, spec_to_indices
+from synthgen.models.train import TrainConfig, train
+from synthgen.text.prompt import parse_prompt
+from synthgen.volume import Volume
+
+TINY = Path(__file__).parent / "tiny_train.yaml"
+
+
+def tiny_config(*overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, paths=[TINY], overrides=list(overrides))
+
+
+# ------------------------------------------------------------------ HU transform
+def test_hu_transform_is_invertible_over_the_full_range():
+    hu = np.linspace(HU_MIN, HU_MAX, 40961, dtype=np.float32)
+    y = hu_to_model(hu)
+    assert np.all(np.diff(y) > 0)  # strictly monotonic: no two HU values collide
+    assert np.abs(model_to_hu(y) - hu).max() < 0.05
+    assert y.min() >= -1 and y.max() == pytest.approx(1.0)
+    # bone and metal survive (no +-1000 clip): 2000 and 3000 HU stay distinct
+    assert model_to_hu(hu_to_model(np.float32(2000))) == pytest.approx(2000, abs=0.1)
+    # torch and numpy agree; out-of-range HU is clipped to the range
+    t = hu_to_model(torch.tensor([-3000.0, 40.0, 5000.0]))
+    assert model_to_hu(t).tolist() == pytest.approx([HU_MIN, 40.0, HU_MAX], abs=0.01)
+
+
+def test_soft_tissue_keeps_contrast():
+    # 10 HU apart in soft tissue must be a usable difference in model units (> 0.02)
+    assert hu_to_model(np.float32(50)) - hu_to_model(np.float32(40)) > 0.02
+
+
+# ------------------------------------------------------------------ conditioning
+def test_channels_follow_names_not_ids():
+    default = Vocabulary.default()
+    other = Vocabulary.from_mapping({1: "liver", 2: "rib_left_3", 3: "aorta", 4: "lung_upper_lobe_left",
+                                     5: "liver_tumor", 7: "something_new"})
+    arr = np.array([0, 1, 2, 3, 4, 5, 7], dtype=np.uint8).reshape(7, 1, 1)
+    got = channel_index(Volume(arr, np.eye(4), kind="label", vocab=other)).ravel()
+    names = [CHANNEL_NAMES[c] for c in got]
+    assert names == ["outside", "liver", "bone", "artery", "lung", "lesion", "body"]
+    arr2 = np.array([default.id(n) for n in ("liver", "rib_left_3", "aorta")], dtype=np.uint8).reshape(3, 1, 1)
+    assert [CHANNEL_NAMES[c] for c in channel_index(Volume(arr2, np.eye(4), kind="label")).ravel()] == \
+        ["liver", "bone", "artery"]
+    oh = one_hot(got.reshape(7, 1, 1))
+    assert oh.shape == (1, N_CHANNELS, 7, 1, 1) and torch.all(oh.sum(1) == 1)
+
+
+def test_prior_measures_means_and_falls_back_by_channel():
+    d = Vocabulary.default()
+    lab = np.array([0, d.id("liver"), d.id("liver"), d.id("aorta")], dtype=np.uint8)
+    y = hu_to_model(np.array([-1000, 60, 80, 400], dtype=np.float32))
+    prior = Prior.measure([(y, lab)])
+    assert model_to_hu(np.float32(prior.by_name["liver"])) == pytest.approx(70, abs=1.0)
+    img = prior.image(Volume(np.array([d.id("liver"), d.id("heart"), d.id("rib_left_1")], np.uint8)
+                             .reshape(3, 1, 1), np.eye(4), kind="label"))
+    assert img[0, 0, 0] == pytest.approx(prior.by_name["liver"])
+    assert img[1, 0, 0] == pytest.approx(prior.by_channel[CHANNEL_NAMES.index("artery")])  # heart: aorta's channel
+    assert model_to_hu(img[2]).item() == pytest.approx(500, abs=1)  # unseen channel: the documented fallback
+    again = Prior.from_mapping(json.loads(prior.to_json()))
+    assert again.by_name == pytest.approx(prior.by_name)
+
+
+# ------------------------------------------------------------------ spec encoder
+def test_spec_encoder_tokens_and_guidance_dropout():
+    enc = SpecEncoder(dim=16)
+    a = spec_to_indices(parse_prompt("arterial chest CT, 3 cm tumour in the liver"))
+    b = spec_to_indices(parse_prompt("non-contrast abdomen CT, two 1 cm cysts in the left kidney"))
+    toks = collate([a, b])
+    sp = torch.tensor([[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]])
+    ctx = enc(toks, sp)
+    assert ctx.shape == (2, CONTEXT_TOKENS, 16)
+    assert not torch.allclose(ctx[0], ctx[1])
+    dropped = enc(toks, sp, torch.tensor([True, True]))
+    assert torch.allclose(dropped[0], dropped[1])  # unconditional: the specs no longer matter
+    other_spacing = enc(toks, torch.tensor([[2.0, 2.0, 2.0], [4.0, 4.0, 4.0]]), torch.tensor([True, True]))
+    assert not torch.allclose(other_spacing[0], dropped[0])  # ...but spacing still does
+    none = spec_to_indices(None)
+    assert not none["present"].any()
+
+
+# ------------------------------------------------------------------ networks + checkpoints
+def test_networks_save_load_round_trip(tmp_path):
+    cfg = tiny_config()
+    lc = cfg.vae.latent_channels
+    for module in (build_vae(cfg.vae), build_unet(cfg.unet, lc), build_controlnet(cfg.unet, lc), SpecEncoder(16)):
+        p = save_module(module, tmp_path / "m.safetensors")
+        clone = _rebuild(module, cfg)
+        assert state_hash(clone) != state_hash(module)
+        load_module(clone, p)
+        assert state_hash(clone) == state_hash(module)
+    with pytest.raises(InputError, match="do not fit"):
+        load_module(build_vae(VAEConfig(channels=[8, 16, 16], norm_num_groups=4)), tmp_path / "m.safetensors")
+    with pytest.raises(InputError, match="not found"):
+        load_module(build_vae(cfg.vae), tmp_path / "missing.safetensors")
+
+
+def _rebuild(module, cfg):
+    torch.manual_seed(999)
+    lc = cfg.vae.latent_channels
+    name = type(module).__name__
+    return {"AutoencoderKL": lambda: build_vae(cfg.vae), "DiffusionModelUNet": lambda: build_unet(cfg.unet, lc),
+            "ControlNet": lambda: build_controlnet(cfg.unet, lc), "SpecEncoder": lambda: SpecEncoder(16)}[name]()
+
+
+def test_optimizer_state_round_trip_without_pickle(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+    save_optimizer(opt, tmp_path / "opt.safetensors")
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    load_optimizer(opt2, tmp_path / "opt.safetensors")
+    a, b = opt.state_dict(), opt2.state_dict()
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
+    assert a["param_groups"] == b["param_groups"]
+
+
+# ------------------------------------------------------------------ training
+def test_vae_training_reduces_loss(tmp_path):
+    res = train("vae", tiny_config("vae_stage.steps=30", "vae_stage.lr=3e-3", "vae_stage.checkpoint_every=30",
+                                   "vae_stage.preview_every=30"), tmp_path / "run", progress=False)
+    losses = res["losses"]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert (tmp_path / "run" / "vae" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "previews" / "vae" / "step_000030.png").exists()
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = tiny_config()
+    full = train("vae", cfg, tmp_path / "a", progress=False)
+    part = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "cache", part / "cache")
+    train("vae", tiny_config("vae_stage.steps=4"), part, progress=False)
+    # simulate a kill after step 2: drop the last checkpoint and the exported weights
+    shutil.rmtree(part / "checkpoints" / "vae" / "step_000004")
+    shutil.rmtree(part / "vae")
+    with pytest.raises(InputError, match="--resume"):
+        train("vae", cfg, part, progress=False)
+    resumed = train("vae", cfg, part, resume=True, progress=False)
+    assert resumed["start"] == 2 and len(resumed["losses"]) == 2
+    assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-5)
+    assert resumed["rank_hashes"] == full["rank_hashes"]
+
+
+def test_stages_need_their_predecessors(tmp_path):
+    with pytest.raises(InputError, match="train vae"):
+        train("ldm", tiny_config(), tmp_path / "r", progress=False)
+    with pytest.raises(InputError, match="unknown training stage 'vea'; did you mean 'vae'"):
+        train("vea", tiny_config(), tmp_path / "r", progress=False)
+    with pytest.raises(InputError, match="multiple of the VAE factor"):
+        train("vae", tiny_config("vae_stage.crop=[30,32,32]"), tmp_path / "r", progress=False)
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "synthgen", "-q", "train", "vae", "--config", str(TINY), "--out", str(tmp_path / "ddp"),
+           "threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "ddp" / "vae" / "train_info.json").read_text())
+    assert info["world_size"] == 2
+    hashes = info["rank_weight_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
