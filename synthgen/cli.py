@@ -171,6 +171,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
     from synthgen.models.train import TrainConfig, train
 
+    if args.stage == "export":
+        from synthgen.pipelines.latent_ct import MaskToCTPipeline
+
+        if not args.to:
+            raise InputError("train export needs --to DEST (the pipeline folder to write)")
+        dest = MaskToCTPipeline.from_pretrained(args.out).save_pretrained(args.to, half=args.half,
+                                                                           overwrite=args.overwrite)
+        print(f"exported {args.out} -> {dest}")
+        return 0
+    if not args.config:
+        raise InputError("train needs --config (e.g. configs/train_cpu.yaml)")
     cfg = load_config(TrainConfig, paths=args.config, overrides=args.overrides)
     res = train(args.stage, cfg, args.out, resume=args.resume, progress=args.progress)
     losses = res["losses"]
@@ -362,9 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lesion_insert)
 
     p = sub.add_parser("train", help="train the latent diffusion stack: vae, then ldm, then controlnet")
-    p.add_argument("stage", help="vae | ldm | controlnet")
-    p.add_argument("--config", action="append", default=[], required=True,
+    p.add_argument("stage", help="vae | ldm | controlnet, or export (a run folder -> a pipeline folder)")
+    p.add_argument("--config", action="append", default=[],
                    help="training config YAML (configs/train_cpu.yaml); repeat to merge")
+    p.add_argument("--to", help="export: destination pipeline folder")
+    p.add_argument("--half", action="store_true", help="export: store the weights as float16")
+    p.add_argument("--overwrite", action="store_true", help="export: replace an existing destination")
     p.add_argument("--out", required=True, help="run folder: cache, checkpoints, previews, weights")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this stage")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. vae_stage.steps=500)")

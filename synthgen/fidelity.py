@@ -128,12 +128,19 @@ def hu_statistics(ct: Volume, labels: Volume, phase: str | None) -> dict[str, di
 
 
 def lesion_measurements(ct: Volume, labels: Volume) -> list[dict]:
-    """Per lesion label present: sphere-equivalent diameter (mm) and contrast to a 2-voxel shell."""
+    """Per lesion (connected component of a lesion label): its size by the label map and as the CT
+    shows it, and its mean HU against the tissue around it.
+
+    ``ct_diameter_mm`` segments the lesion from the CT alone: around the lesion (box grown by its
+    radius), voxels whose HU is nearer the lesion's mean than its surroundings' mean, the component
+    overlapping the label most; sphere-equivalent diameter. None when the contrast is under 10 HU.
+    """
     from scipy import ndimage
 
     vocab = labels.vocab
     lab = labels.numpy()
-    hu = ct.numpy()
+    hu = ct.numpy().astype(np.float32)
+    vox_mm3 = float(np.prod(ct.spacing))
     out = []
     for i in np.unique(lab):
         name = vocab.name(int(i)) if vocab is not None and int(i) in vocab else ""
@@ -142,12 +149,33 @@ def lesion_measurements(ct: Volume, labels: Volume) -> list[dict]:
         comps, n = ndimage.label(lab == i)
         for k in range(1, n + 1):
             m = comps == k
-            vol_mm3 = float(m.sum() * np.prod(ct.spacing))
+            d_label = (6 * m.sum() * vox_mm3 / np.pi) ** (1 / 3)
             shell = ndimage.binary_dilation(m, iterations=2) & ~m & (lab != i)
-            out.append({"label": name, "diameter_mm": round((6 * vol_mm3 / np.pi) ** (1 / 3), 1),
-                        "mean_hu": round(float(hu[m].mean()), 1),
-                        "surrounding_hu": round(float(hu[shell].mean()), 1) if shell.any() else None})
+            inside, around = float(hu[m].mean()), (float(hu[shell].mean()) if shell.any() else None)
+            out.append({"label": name, "diameter_mm": round(float(d_label), 1),
+                        "ct_diameter_mm": _ct_diameter(hu, m, inside, around, ct.spacing, d_label),
+                        "mean_hu": round(inside, 1), "surrounding_hu": None if around is None else round(around, 1)})
     return out
+
+
+def _ct_diameter(hu, m, inside, around, spacing, d_label) -> float | None:
+    from scipy import ndimage
+
+    from synthgen.anatomy.ops import bounding_box
+
+    if around is None or abs(inside - around) < 10.0:
+        return None
+    grow = [int(np.ceil(d_label / 2 / s)) for s in spacing]
+    lo, hi = bounding_box(m, margin_vox=grow)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    near = np.abs(hu[sl] - inside) < np.abs(hu[sl] - around)
+    comps, n = ndimage.label(near)
+    if n == 0:
+        return None
+    overlap = np.bincount(comps[m[sl]], minlength=n + 1)
+    overlap[0] = 0
+    best = comps == int(np.argmax(overlap))
+    return round(float((6 * best.sum() * np.prod(spacing) / np.pi) ** (1 / 3)), 1)
 
 
 def _lesion_names() -> set[str]:
@@ -220,8 +248,9 @@ def format_check(result: dict) -> str:
         ok = {True: "ok", False: "LOW", None: r.get("note", "")}[r["pass"]]
         lines.append(f"  {s:8s} {d:>6s}  {ok}")
     for les in result["lesions"]:
-        lines.append(f"lesion {les['label']}: {les['diameter_mm']:.1f} mm, {les['mean_hu']:.0f} HU "
-                     f"(surroundings {les['surrounding_hu']} HU)")
+        seen = "-" if les["ct_diameter_mm"] is None else f"{les['ct_diameter_mm']:.1f} mm"
+        lines.append(f"lesion {les['label']}: {les['diameter_mm']:.1f} mm in the label map, {seen} in the CT; "
+                     f"{les['mean_hu']:.0f} HU (surroundings {les['surrounding_hu']} HU)")
     m = result["memorisation"]
     if m["nearest_ncc"] is None:
         lines.append(f"memorisation: {m['note']}")

@@ -58,3 +58,18 @@ def test_memorisation_flags_a_copy(real4):
     r = check(ct, lab, training=np.stack([t * 0 + np.linspace(0, 1, t.size).reshape(t.shape), t]),
               training_sources=["ramp", "the example"])
     assert r["memorisation"]["flag"] is True and r["memorisation"]["nearest"] == "the example"
+
+
+@pytest.mark.parametrize("kind", ["tumor", "cyst"])
+def test_lesion_size_is_measured_from_the_ct_itself(real4, kind):
+    from synthgen.lesions.insert import insert_lesions
+    from synthgen.lesions.spec import LesionSpec
+
+    ct, lab = real4
+    res = insert_lesions(ct, lab, LesionSpec(type=kind, organ="liver", diameter_mm=30, seed=1, phase="arterial"))
+    (m,) = check(res.ct, res.labels, phase="arterial")["lesions"]
+    assert m["diameter_mm"] == pytest.approx(30, rel=0.05)
+    assert m["ct_diameter_mm"] == pytest.approx(30, rel=0.1)
+    # a lesion the CT does not show (label only) has no CT size
+    (blank,) = check(ct, res.labels, phase="arterial")["lesions"]
+    assert blank["ct_diameter_mm"] is None or blank["ct_diameter_mm"] < 20

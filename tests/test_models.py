@@ -188,3 +188,25 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert info["world_size"] == 2
     hashes = info["rank_weight_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
+
+
+def test_training_data_from_an_nnunet_folder(tmp_path):
+    from synthgen.data import phantom
+    from synthgen.io import write
+    from synthgen.models.trainset import DataConfig, Sample, build_cache
+
+    root = tmp_path / "Dataset001"
+    for k in range(2):
+        ct, lab = phantom(shape=(40, 32, 36), spacing=(8, 8, 8), seed=k)
+        write(ct, root / "imagesTr" / f"case{k}_0000.nii.gz")
+        write(lab, root / "labelsTr" / f"case{k}.nii.gz")
+    files = build_cache(DataConfig(example_variants=0, phantoms=0, folders=[str(root)], spacings=[5.0],
+                                   deform_scale=0.0), tmp_path / "cache", progress=False)
+    assert len(files) == 2
+    s = Sample.load(files[1])
+    assert s.source == "case1_0000.nii.gz" and np.allclose(s.spacing, 5.0)
+    assert s.hu.dtype == np.int16 and (s.labels == Vocabulary.default().id("liver")).any()
+    assert "CT of" in s.caption
+    with pytest.raises(InputError, match="no CT \\+ label pairs"):
+        build_cache(DataConfig(example_variants=0, phantoms=0, folders=[str(tmp_path)]), tmp_path / "c2",
+                    progress=False)
