@@ -1,0 +1,157 @@
+"""synthgen.expand: dataset readers (nnU-Net/MSD, MONAI datalist, CSV) and class analysis."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from synthgen.data import phantom
+from synthgen.errors import InputError
+from synthgen.expand.analysis import analyse, format_table, write_analysis
+from synthgen.expand.dataset import read_dataset
+from synthgen.io import write
+
+CLASSES = {0: "background", 1: "liver", 2: "kidney", 3: "liver_tumor"}
+
+
+def _case(seed: int, tumour: bool):
+    ct, lab = phantom(shape=(40, 32, 36), spacing=(8, 8, 8), seed=seed)
+    v = lab.vocab
+    src = lab.numpy()
+    arr = np.zeros(src.shape, np.uint8)
+    arr[src == v.id("liver")] = 1
+    arr[np.isin(src, v.ids("kidney"))] = 2
+    if tumour:
+        c = np.argwhere(arr == 1).mean(0).round().astype(int)
+        arr[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2] - 1:c[2] + 2] = 3
+    return ct, lab.replace(array=arr, vocab=None)
+
+
+@pytest.fixture(scope="module")
+def nnunet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds") / "Dataset042_Toy"
+    for k in range(5):
+        ct, lab = _case(k, tumour=k == 0)
+        write(ct, root / "imagesTr" / f"toy_{k:03d}_0000.nii.gz")
+        write(lab, root / "labelsTr" / f"toy_{k:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in CLASSES.items()}, "numTraining": 5,
+        "file_ending": ".nii.gz"}))
+    return root
+
+
+def test_nnunet_reader(nnunet):
+    ds = read_dataset(nnunet)
+    assert (ds.layout, ds.task) == ("nnunet", "seg")
+    assert ds.classes == CLASSES and ds.class_names == ["liver", "kidney", "liver_tumor"]
+    assert [it.id for it in ds.items] == [f"toy_{k:03d}" for k in range(5)]
+    assert ds.items[0].label.name == "toy_000.nii.gz" and not ds.problems
+
+
+def test_msd_training_list_and_string_ids(nnunet, tmp_path):
+    meta = {"labels": {str(i): n for i, n in CLASSES.items()},
+            "training": [{"image": f"./imagesTr/toy_{k:03d}_0000.nii.gz", "label": f"./labelsTr/toy_{k:03d}.nii.gz"}
+                         for k in range(3)]}
+    root = tmp_path / "msd"
+    root.mkdir()
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).symlink_to(nnunet / sub)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    ds = read_dataset(root)
+    assert len(ds.items) == 3 and ds.classes == CLASSES
+
+
+def test_datalist_and_csv_readers(nnunet, tmp_path):
+    dl = {"labels": {str(i): n for i, n in CLASSES.items()},
+          "training": [{"image": str(nnunet / "imagesTr" / f"toy_{k:03d}_0000.nii.gz"),
+                        "label": str(nnunet / "labelsTr" / f"toy_{k:03d}.nii.gz")} for k in range(4)]}
+    (tmp_path / "seg.json").write_text(json.dumps(dl))
+    ds = read_dataset(tmp_path / "seg.json")
+    assert (ds.layout, ds.task, len(ds.items)) == ("datalist", "seg", 4)
+    cls = {"training": [{"image": str(nnunet / "imagesTr" / f"toy_{k:03d}_0000.nii.gz"),
+                         "label": "tumour" if k == 0 else "normal"} for k in range(5)]}
+    (tmp_path / "cls.json").write_text(json.dumps(cls))
+    ds = read_dataset(tmp_path / "cls.json")
+    assert ds.task == "cls" and sorted(ds.classes.values()) == ["normal", "tumour"]
+    with open(tmp_path / "cls.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for k in range(5):
+            w.writerow([str(nnunet / "imagesTr" / f"toy_{k:03d}_0000.nii.gz"), "tumour" if k < 2 else "normal"])
+    ds = read_dataset(tmp_path / "cls.csv")
+    assert (ds.layout, ds.task) == ("csv", "cls")
+    a = analyse(ds)
+    assert {c.name: c.n_cases for c in a.classes} == {"normal": 3, "tumour": 2}
+    with open(tmp_path / "seg.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "mask"])
+        w.writerow([str(nnunet / "imagesTr" / "toy_000_0000.nii.gz"), str(nnunet / "labelsTr" / "toy_000.nii.gz")])
+    ds = read_dataset(tmp_path / "seg.csv")
+    assert ds.task == "seg" and set(ds.classes) == {0, 1, 2, 3}  # undeclared values: named class_<v>
+
+
+def test_bad_items_are_reported_together(nnunet, tmp_path):
+    root = tmp_path / "bad"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    import shutil
+
+    for k in range(5):
+        shutil.copy(nnunet / "imagesTr" / f"toy_{k:03d}_0000.nii.gz", root / "imagesTr")
+    shutil.copy(nnunet / "labelsTr" / "toy_000.nii.gz", root / "labelsTr")
+    # toy_001: no label; toy_002: label on another grid; toy_003: undeclared value; toy_004: unreadable
+    ct, lab = _case(2, False)
+    write(lab.crop_voxels((0, 0, 0), (20, 32, 36)), root / "labelsTr" / "toy_002.nii.gz")
+    _, lab3 = _case(3, False)
+    arr = lab3.numpy().copy()
+    arr[0, 0, 0] = 9
+    write(lab3.replace(array=arr), root / "labelsTr" / "toy_003.nii.gz")
+    (root / "labelsTr" / "toy_004.nii.gz").write_bytes(b"not a nifti")
+    (root / "dataset.json").write_text(json.dumps({"labels": {n: i for i, n in CLASSES.items()}}))
+    ds = read_dataset(root)
+    assert [it.id for it in ds.items] == ["toy_000"]
+    msgs = dict(ds.problems)
+    assert "label file missing" in msgs["toy_001"]
+    assert "another grid" in msgs["toy_002"]
+    assert "not declared" in msgs["toy_003"] and "[9]" in msgs["toy_003"]
+    assert "unreadable" in msgs["toy_004"]
+    text = ds.summary()
+    assert "4 item(s) with problems" in text and all(k in text for k in msgs)
+    (root / "labelsTr" / "toy_000.nii.gz").unlink()
+    with pytest.raises(InputError, match="no usable item left"):
+        read_dataset(root)
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(InputError, match="dataset not found"):
+        read_dataset(tmp_path / "nope.json")
+    (tmp_path / "x.csv").write_text("path,kind\na,b\n")
+    with pytest.raises(InputError, match="image,label"):
+        read_dataset(tmp_path / "x.csv")
+    with pytest.raises(InputError, match="imagesTr"):
+        read_dataset(tmp_path)
+
+
+def test_analysis_counts_and_rare_rule(nnunet, tmp_path):
+    a = analyse(read_dataset(nnunet))
+    s = a.by_name()
+    assert s["liver"].n_cases == 5 and s["kidney"].n_cases == 5 and s["liver_tumor"].n_cases == 1
+    assert s["liver_tumor"].voxels == 27
+    assert s["liver_tumor"].lesion_diameters_mm == [pytest.approx((6 * 27 * 512 / np.pi) ** (1 / 3), abs=0.1)]
+    assert s["liver"].volume_ml == pytest.approx(s["liver"].voxels * 0.512)
+    assert a.rare == ["liver_tumor"]
+    table = format_table(a)
+    assert "liver_tumor" in table and "RARE" in table
+    named = analyse(read_dataset(nnunet), rare="kidney")
+    assert named.rare == ["kidney"]
+    with pytest.raises(InputError, match="did you mean 'liver_tumor'"):
+        analyse(read_dataset(nnunet), rare="liver_tumour")
+    paths = write_analysis(a, tmp_path / "out")
+    data = json.loads(paths["analysis"].read_text())
+    assert data["rare"] == ["liver_tumor"] and data["classes"][2]["n_cases"] == 1
+    from PIL import Image
+
+    assert Image.open(paths["chart"]).size[0] == 900
