@@ -103,7 +103,7 @@ def test_bad_items_are_reported_together(nnunet, tmp_path):
         shutil.copy(nnunet / "imagesTr" / f"toy_{k:03d}_0000.nii.gz", root / "imagesTr")
     shutil.copy(nnunet / "labelsTr" / "toy_000.nii.gz", root / "labelsTr")
     # toy_001: no label; toy_002: label on another grid; toy_003: undeclared value; toy_004: unreadable
-    ct, lab = _case(2, False)
+    _, lab = _case(2, False)
     write(lab.crop_voxels((0, 0, 0), (20, 32, 36)), root / "labelsTr" / "toy_002.nii.gz")
     _, lab3 = _case(3, False)
     arr = lab3.numpy().copy()

@@ -81,7 +81,7 @@ def analyse(ds: Dataset, *, rare: str | Sequence[str] = "auto", fraction: float 
                     s.cases.append(it.id)
                     s.voxels += int(counts[v])
                     s.volume_ml += counts[v] * vox_ml
-                    comps, n = ndimage.label(arr == v)
+                    comps, _ = ndimage.label(arr == v)
                     sizes = np.bincount(comps.ravel())[1:]
                     s.lesion_diameters_mm += [round(float((6 * c * vox_ml * 1000 / np.pi) ** (1 / 3)), 1)
                                               for c in sizes]
