@@ -155,3 +155,56 @@ def test_analysis_counts_and_rare_rule(nnunet, tmp_path):
     from PIL import Image
 
     assert Image.open(paths["chart"]).size[0] == 900
+
+
+# ------------------------------------------------------------------ plan
+def _fake_analysis(cases: dict[str, int], n: int, rare: list[str]):
+    from synthgen.expand.analysis import Analysis, ClassStats
+
+    return Analysis(dataset="x", task="seg", n_items=n, rule="test", rare=rare,
+                    classes=[ClassStats(k, None, [f"c{i}" for i in range(v)]) for k, v in cases.items()])
+
+
+def test_plan_arithmetic():
+    from synthgen.expand.plan import Target, _within_budget, fraction_after, synthetic_counts
+
+    a = _fake_analysis({"liver": 100, "liver_tumor": 7, "kidney_cyst": 20}, 100, ["liver_tumor", "kidney_cyst"])
+    assert synthetic_counts(a, Target.parse("balance")) == {"liver_tumor": 93, "kidney_cyst": 80}
+    assert synthetic_counts(a, Target.parse("count=25")) == {"liver_tumor": 18, "kidney_cyst": 5}
+    counts = synthetic_counts(a, Target.parse("fraction=0.3"))
+    after = fraction_after(a, counts)
+    assert after["liver_tumor"] >= 0.3 and after["kidney_cyst"] >= 0.3
+    # minimal: one item fewer of either class would miss the target
+    for k in counts:
+        fewer = {**counts, k: counts[k] - 1}
+        assert fraction_after(a, fewer)[k] < 0.3
+    with pytest.raises(InputError, match="cannot be met"):
+        synthetic_counts(a, Target.parse("fraction=0.5"))
+    capped, limited = _within_budget({"a": 93, "b": 80}, 50)
+    assert limited and sum(capped.values()) == 50 and capped == {"a": 27, "b": 23}
+    assert _within_budget({"a": 3}, 50) == ({"a": 3}, False)
+    for bad in ("fraction=1.5", "count=0", "count=2.5", "most"):
+        with pytest.raises(InputError):
+            Target.parse(bad)
+
+
+def test_plan_items_hosts_sizes_and_seeds(nnunet):
+    from synthgen.expand.plan import Target, lesion_of_class, make_plan
+
+    assert lesion_of_class("liver_tumor") == ("tumor", "liver")
+    assert lesion_of_class("kidney") is None
+    ds = read_dataset(nnunet)
+    a = analyse(ds)
+    plan = make_plan(ds, a, Target.parse("count=4"), seed=7)
+    assert plan.counts == {"liver_tumor": 3}
+    assert [i.name for i in plan.items] == [f"synth_liver_tumor_{k:04d}" for k in range(3)]
+    assert all(i.host != "toy_000" for i in plan.items)  # toy_000 already has a tumour
+    assert len({i.host for i in plan.items}) == 3
+    real = a.by_name()["liver_tumor"].lesion_diameters_mm[0]
+    assert all(0.9 * real - 0.01 <= i.diameter_mm <= 1.1 * real + 0.01 for i in plan.items)
+    again = make_plan(ds, a, Target.parse("count=4"), seed=7)
+    assert again.items == plan.items  # deterministic
+    assert make_plan(ds, a, Target.parse("count=4"), seed=8).items != plan.items
+    assert "liver_tumor: 1 -> 4 cases" in plan.format(a)
+    with pytest.raises(InputError, match="cannot generate class 'kidney'"):
+        make_plan(ds, analyse(ds, rare="kidney"), Target.parse("count=9"))

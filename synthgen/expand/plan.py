@@ -1,0 +1,215 @@
+"""How many synthetic cases per rare class, from which generator, on which host scans.
+
+Targets (``--target``):
+
+- ``balance``: every rare class ends up in as many cases as the most common class;
+- ``fraction=F``: every rare class ends up in at least a fraction F of all cases, synthetic
+  ones included (solved jointly, since every synthetic case also grows the total);
+- ``count=N``: every rare class ends up present in at least N cases.
+
+``--budget B`` caps the total; counts are then scaled down in proportion (largest remainders
+get the leftover items) and the plan says it is budget-limited.
+
+Generators: a class whose name reads as a lesion (``liver_tumor``, "kidney cyst",
+``lung_nodule``...: the prompt parser reads the name) is made by the lesion engine, inserted
+into a host case that does not contain it and whose label map has the host organ; its
+diameters are drawn from the real lesions of that class (±10 %) unless ``size_mm`` is given.
+Other classes are out of scope for this version and are reported as such.
+Every item's seed derives from (run seed, item index) only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from synthgen.errors import InputError
+from synthgen.expand.analysis import Analysis
+from synthgen.expand.dataset import Dataset
+
+GENERATORS = ("lesion_insert",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    kind: str  # balance | fraction | count
+    value: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        t = text.strip().lower()
+        if t == "balance":
+            return cls("balance")
+        for kind in ("fraction", "count"):
+            if t.startswith(kind + "="):
+                try:
+                    v = float(t.split("=", 1)[1])
+                except ValueError:
+                    break
+                if kind == "fraction" and not 0 < v < 1:
+                    raise InputError(f"target fraction must be in (0, 1), got {v:g}")
+                if kind == "count" and (v < 1 or v != int(v)):
+                    raise InputError(f"target count must be a positive integer, got {v:g}")
+                return cls(kind, v)
+        raise InputError(f"unknown target {text!r}; use balance, fraction=F (0<F<1) or count=N")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanItem:
+    index: int
+    class_name: str
+    generator: str
+    host: str  # item id of the host case
+    lesion_type: str
+    organ: str  # dataset class name of the host organ
+    diameter_mm: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"synth_{self.class_name}_{self.index:04d}"
+
+
+@dataclasses.dataclass
+class Plan:
+    target: Target
+    counts: dict[str, int]  # synthetic items per rare class
+    items: list[PlanItem]
+    budget_limited: bool
+    notes: list[str]
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {"target": dataclasses.asdict(self.target), "counts": self.counts, "seed": self.seed,
+                "budget_limited": self.budget_limited, "notes": self.notes,
+                "items": [dataclasses.asdict(i) | {"name": i.name} for i in self.items]}
+
+    def format(self, analysis: Analysis) -> str:
+        have = {c.name: c.n_cases for c in analysis.classes}
+        lines = [f"plan ({self.target.kind}{'' if self.target.kind == 'balance' else '=' + f'{self.target.value:g}'}"
+                 f"{', budget-limited' if self.budget_limited else ''}): {len(self.items)} synthetic cases"]
+        for name, n in self.counts.items():
+            sizes = [i.diameter_mm for i in self.items if i.class_name == name]
+            size = f", {min(sizes):.0f}-{max(sizes):.0f} mm" if sizes else ""
+            hosts = len({i.host for i in self.items if i.class_name == name})
+            lines.append(f"  {name}: {have.get(name, 0)} -> {have.get(name, 0) + n} cases (+{n} by lesion_insert "
+                         f"into {hosts} host scans{size})")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def synthetic_counts(analysis: Analysis, target: Target) -> dict[str, int]:
+    """Synthetic cases per rare class to reach ``target`` (each synthetic case carries one class)."""
+    have = {c.name: c.n_cases for c in analysis.classes}
+    rare = analysis.rare
+    n = analysis.n_items
+    if target.kind == "balance":
+        top = max(have.values(), default=0)
+        return {r: max(0, top - have[r]) for r in rare}
+    if target.kind == "count":
+        return {r: max(0, int(target.value) - have[r]) for r in rare}
+    f = target.value
+    if f * len(rare) >= 1:
+        raise InputError(f"fraction={f:g} for {len(rare)} rare classes cannot be met: each synthetic case adds one "
+                         f"class, so at most 1/{len(rare)} = {1 / len(rare):.2f} is reachable for all of them")
+    s = {r: 0 for r in rare}
+    for _ in range(10000):  # monotone fixed point: s_r = ceil(f (n + sum s) - have_r)
+        total = n + sum(s.values())
+        new = {r: max(0, math.ceil(f * total - have[r] - 1e-9)) for r in rare}
+        if new == s:
+            return s
+        s = new
+    raise InputError(f"fraction={f:g}: the plan did not converge")  # pragma: no cover - bounded by f*k < 1
+
+
+def _within_budget(counts: dict[str, int], budget: int | None) -> tuple[dict[str, int], bool]:
+    total = sum(counts.values())
+    if budget is None or total <= budget:
+        return counts, False
+    if budget < 0:
+        raise InputError(f"budget must be >= 0, got {budget}")
+    exact = {k: v * budget / total for k, v in counts.items()}
+    out = {k: int(math.floor(v)) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - out[k], reverse=True)[: budget - sum(out.values())]:
+        out[k] += 1
+    return out, True
+
+
+def lesion_of_class(name: str) -> tuple[str, str] | None:
+    """(lesion type, organ) of a class name that reads as a lesion, else None."""
+    from synthgen.text.prompt import parse_prompt
+
+    try:
+        spec = parse_prompt(name.replace("_", " "))
+    except InputError:
+        return None
+    if len(spec.findings) != 1:
+        return None
+    f = spec.findings[0]
+    return f.lesion_type, f.organ
+
+
+def _host_class(organ: str, ds: Dataset) -> str | None:
+    """The dataset class that labels ``organ`` (the lesion engine's name) or its family."""
+    names = ds.class_names
+    if organ in names:
+        return organ
+    family = organ.split("_")[0]
+    return next((n for n in names if n == family or n.startswith(family + "_")), None)
+
+
+def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | None = None, seed: int = 0,
+              size_mm: float | None = None) -> Plan:
+    """Plan the synthetic items; raises InputError when a rare class cannot be generated."""
+    if ds.task != "seg":
+        raise InputError("expanding classification datasets is not supported yet (segmentation datasets only)")
+    counts, limited = _within_budget(synthetic_counts(analysis, target), budget)
+    stats = analysis.by_name()
+    notes: list[str] = []
+    items: list[PlanItem] = []
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        if n == 0:
+            notes.append(f"{name} already meets the target")
+            continue
+        lesion = lesion_of_class(name)
+        if lesion is None:
+            raise InputError(f"cannot generate class {name!r}: only lesion classes (tumour, cyst, metastasis, "
+                             "nodule, haemorrhage in liver, kidney, spleen, pancreas, lung) are generated so far")
+        ltype, organ = lesion
+        host_cls = _host_class(organ, ds)
+        if host_cls is None:
+            raise InputError(f"cannot place {name!r}: the dataset labels no {organ!r} to host it "
+                             f"(classes: {', '.join(ds.class_names)})")
+        hosts = [c for c in stats[host_cls].cases if c not in set(stats[name].cases)]
+        if not hosts:
+            raise InputError(f"no host scan for {name!r}: every case with {host_cls} already has it")
+        real = stats[name].lesion_diameters_mm
+        if size_mm is None and not real:
+            notes.append(f"{name}: no real lesion to match sizes to; using 20 mm")
+        order = rng.permutation(len(hosts))
+        for k in range(n):
+            idx = len(items)
+            item_rng = np.random.default_rng([seed, idx])
+            if size_mm is not None:
+                d = float(size_mm)
+            elif real:
+                d = float(np.clip(item_rng.choice(real) * item_rng.uniform(0.9, 1.1), 3.0, 150.0))
+            else:
+                d = 20.0
+            items.append(PlanItem(index=idx, class_name=name, generator="lesion_insert",
+                                  host=hosts[int(order[k % len(hosts)])], lesion_type=ltype, organ=host_cls,
+                                  diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31))))
+    if limited:
+        notes.append(f"budget {budget}: counts scaled down from {sum(synthetic_counts(analysis, target).values())}")
+    return Plan(target=target, counts=counts, items=items, budget_limited=limited, notes=notes, seed=seed)
+
+
+def fraction_after(analysis: Analysis, counts: dict[str, int]) -> dict[str, float]:
+    """Share of all cases (synthetic included) containing each class after expansion."""
+    total = analysis.n_items + sum(counts.values())
+    return {c.name: (c.n_cases + counts.get(c.name, 0)) / total for c in analysis.classes}
+
