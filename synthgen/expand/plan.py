@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -89,8 +88,8 @@ class Plan:
 
     def format(self, analysis: Analysis) -> str:
         have = {c.name: c.n_cases for c in analysis.classes}
-        lines = [f"plan ({self.target.kind}{'' if self.target.kind == 'balance' else '=' + f'{self.target.value:g}'}"
-                 f"{', budget-limited' if self.budget_limited else ''}): {len(self.items)} synthetic cases"]
+        lines = [(f"plan ({self.target.kind}{'' if self.target.kind == 'balance' else '=' + f'{self.target.value:g}'}"
+                 f"{', budget-limited' if self.budget_limited else ''}): {len(self.items)} synthetic cases")]
         for name, n in self.counts.items():
             sizes = [i.diameter_mm for i in self.items if i.class_name == name]
             size = f", {min(sizes):.0f}-{max(sizes):.0f} mm" if sizes else ""
@@ -132,7 +131,7 @@ def _within_budget(counts: dict[str, int], budget: int | None) -> tuple[dict[str
     if budget < 0:
         raise InputError(f"budget must be >= 0, got {budget}")
     exact = {k: v * budget / total for k, v in counts.items()}
-    out = {k: int(math.floor(v)) for k, v in exact.items()}
+    out = {k: math.floor(v) for k, v in exact.items()}
     for k in sorted(exact, key=lambda k: exact[k] - out[k], reverse=True)[: budget - sum(out.values())]:
         out[k] += 1
     return out, True
