@@ -273,6 +273,44 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_expand(args: argparse.Namespace) -> int:
+    import os
+
+    from synthgen.expand.analysis import analyse, format_table, write_analysis
+    from synthgen.expand.dataset import read_dataset
+    from synthgen.expand.generate import expand
+    from synthgen.expand.plan import Target, make_plan
+
+    ds = read_dataset(args.dataset)
+    if ds.problems:
+        print(ds.summary(), file=sys.stderr)
+    a = analyse(ds, rare=args.rare, fraction=args.rare_fraction, progress=args.progress)
+    print(format_table(a))
+    out = Path(args.out) if args.out else None
+    if args.analyse:
+        for role, p in write_analysis(a, out or Path(ds.root), overwrite=True).items():
+            print(f"{role:8s} {p}")
+        return 0
+    plan = make_plan(ds, a, Target.parse(args.target), budget=args.budget, seed=args.seed, size_mm=args.size)
+    print(plan.format(a))
+    if args.dry_run:
+        return 0
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    barrier = None
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        barrier = dist.barrier
+    res = expand(ds, plan, out=out, rank=rank, world=world, barrier=barrier, progress=args.progress)
+    if rank == 0:
+        print(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
+        print(f"manifest {res.manifest}")
+        print(f"index    {res.index}")
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
     parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
@@ -410,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("expand", help="find a dataset's rare classes and add synthetic cases for them")
+    p.add_argument("dataset", help="nnU-Net/MSD folder, MONAI datalist .json or .csv of image,label / image,mask")
+    p.add_argument("--analyse", "--analyze", action="store_true", help="only write the class analysis (JSON + PNG)")
+    p.add_argument("--rare", default="auto", help="auto, or comma-separated class names")
+    p.add_argument("--rare-fraction", type=float, default=0.5,
+                   help="auto: rare = present in fewer cases than this fraction of the most common class")
+    p.add_argument("--target", default="balance", help="balance | fraction=F | count=N (default balance)")
+    p.add_argument("--budget", type=int, default=None, help="at most this many synthetic cases")
+    p.add_argument("--size", type=float, default=None, metavar="MM",
+                   help="lesion diameter (default: matched to the real lesions of the class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--out", default=None, help="write an expanded copy here (default: into the dataset folder)")
+    p.set_defaults(func=_cmd_expand)
 
     p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")

@@ -208,3 +208,101 @@ def test_plan_items_hosts_sizes_and_seeds(nnunet):
     assert "liver_tumor: 1 -> 4 cases" in plan.format(a)
     with pytest.raises(InputError, match="cannot generate class 'kidney'"):
         make_plan(ds, analyse(ds, rare="kidney"), Target.parse("count=9"))
+
+
+# ------------------------------------------------------------------ generate
+def _tree(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".synthgen_journal" not in p.parts}
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_expand_in_place_keeps_originals_and_writes_manifest(nnunet, tmp_path):
+    from synthgen.cli import main
+
+    root = _copy(nnunet, tmp_path / "ds")
+    before = _tree(root)
+    assert main(["-q", "expand", str(root), "--target", "count=3", "--seed", "1"]) == 0
+    after = _tree(root)
+    assert all(after[k] == v for k, v in before.items())  # originals byte-identical
+    new = sorted(set(after) - set(before))
+    assert new == sorted(["dataset.synthgen.json", "synthetic_manifest.jsonl",
+                          "imagesTr/synth_liver_tumor_0000_0000.nii.gz", "imagesTr/synth_liver_tumor_0001_0000.nii.gz",
+                          "labelsTr/synth_liver_tumor_0000.nii.gz", "labelsTr/synth_liver_tumor_0001.nii.gz"])
+    lines = [json.loads(x) for x in (root / "synthetic_manifest.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in lines] == ["synth_liver_tumor_0000", "synth_liver_tumor_0001"]
+    assert all(r["synthetic"] and r["host"] != "toy_000" and len(r["inputs"]["image_sha256"]) == 64 for r in lines)
+    meta = json.loads((root / "dataset.synthgen.json").read_text())
+    assert meta["numTraining"] == 7
+    ds2 = read_dataset(root, include_synthetic=True)  # the expanded folder reads back, with the tumour class now in 3 cases
+    assert analyse(ds2).by_name()["liver_tumor"].n_cases == 3
+    from synthgen.io import read
+
+    lab = read(root / "labelsTr" / "synth_liver_tumor_0000.nii.gz", kind="label").numpy()
+    assert (lab == 3).any() and set(np.unique(lab)) <= {0, 1, 2, 3}
+    # running again does nothing new
+    assert main(["-q", "expand", str(root), "--target", "count=3", "--seed", "1"]) == 0
+    assert _tree(root) == after
+
+
+def test_expand_to_a_separate_copy(nnunet, tmp_path):
+    from synthgen.cli import main
+
+    root = _copy(nnunet, tmp_path / "ds")
+    before = _tree(root)
+    assert main(["-q", "expand", str(root), "--target", "count=2", "--out", str(tmp_path / "big")]) == 0
+    assert _tree(root) == before  # nothing written into the original dataset
+    out = _tree(tmp_path / "big")
+    assert "imagesTr/toy_003_0000.nii.gz" in out and "dataset.json" in out
+    assert json.loads((tmp_path / "big" / "dataset.json").read_text())["numTraining"] == 6
+
+
+def test_kill_and_resume_equals_uninterrupted(nnunet, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = _copy(nnunet, tmp_path / "ref")
+    cmd = [sys.executable, "-m", "synthgen", "-q", "expand", "--target", "count=5", "--seed", "3"]
+    subprocess.run([*cmd, str(ref)], check=True, capture_output=True)
+    killed = _copy(nnunet, tmp_path / "killed")
+    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = killed / ".synthgen_journal" / "rank0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "synthetic_manifest.jsonl").exists()
+    subprocess.run([*cmd, str(killed)], check=True, capture_output=True)
+    assert _tree(killed) == _tree(ref)
+
+
+def test_two_ranks_write_what_one_rank_writes(nnunet, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    one = _copy(nnunet, tmp_path / "one")
+    two = _copy(nnunet, tmp_path / "two")
+    args = ["-m", "synthgen", "-q", "expand", "--target", "count=5", "--seed", "4"]
+    subprocess.run([sys.executable, *args, str(one)], check=True, capture_output=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", *args, str(two)], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((two / ".synthgen_journal" / "rank1.jsonl").read_text().splitlines()) == 2  # rank 1 did its share
+    assert _tree(two) == _tree(one)

@@ -93,10 +93,19 @@ def detect_layout(path: str | Path) -> str:
                      "or a .csv of image,label / image,mask")
 
 
-def read_dataset(path: str | Path, *, check_grids: bool = True) -> Dataset:
-    """Read a dataset in any supported layout (see module docstring)."""
+SYNTH_PREFIX = "synth_"
+
+
+def read_dataset(path: str | Path, *, check_grids: bool = True, include_synthetic: bool = False) -> Dataset:
+    """Read a dataset in any supported layout (see module docstring).
+
+    Cases synthgen added (ids starting ``synth_``) are left out unless ``include_synthetic``:
+    an expansion plans from the real cases only, so running it again changes nothing.
+    """
     layout = detect_layout(path)
     ds = {"nnunet": _read_nnunet, "datalist": _read_datalist, "csv": _read_csv}[layout](Path(path))
+    if not include_synthetic:
+        ds.items = [it for it in ds.items if not it.id.startswith(SYNTH_PREFIX)]
     _validate(ds, check_grids=check_grids)
     if not ds.items:
         raise InputError(ds.summary() + "\nno usable item left")
