@@ -108,6 +108,45 @@ def _lesion_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
     return run(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
 
 
+@dataclasses.dataclass
+class GenerateConfig:
+    """A `generate` step (configs/generate.yaml): prompt -> label map -> CT with the latent diffusion stack."""
+
+    prompt: str = "chest CT, 3 cm tumour in the liver"
+    size: list[int] = dataclasses.field(default_factory=lambda: [96, 96, 96])
+    spacing: float = 4.0
+    steps: int = 30
+    scheduler: str = "ddim"
+    guidance: float = 2.0
+    seed: int = 0
+    weights: str | None = None  # None: the shipped CPU weights
+    check: bool = True
+
+
+@task("generate")
+def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """A CT + label map from a prompt (`synthgen.pipelines.TextToCTPipeline`), with its fidelity check."""
+    from synthgen.config import load_config
+    from synthgen.io.case import write_case
+    from synthgen.io.record import write_record
+    from synthgen.pipelines.latent_ct import TextToCTPipeline
+
+    cfg = load_config(GenerateConfig, paths=step.config, overrides=step.overrides)
+    pipe = TextToCTPipeline.from_pretrained(cfg.weights)
+    res = pipe(cfg.prompt, size=tuple(cfg.size), spacing=cfg.spacing, steps=cfg.steps, guidance=cfg.guidance,
+               seed=cfg.seed, scheduler=cfg.scheduler)
+    paths = write_case(out, "generated", ct=res.ct, labels=res.labels, record=res.record, config=cfg,
+                       overwrite=overwrite)
+    if cfg.check:
+        from synthgen.fidelity import check
+
+        thumbs, sources = pipe.training_thumbnails()
+        phase = (res.record.get("spec") or {}).get("phase")
+        result = check(res.ct, res.labels, phase=phase, training=thumbs, training_sources=sources)
+        paths["check"] = write_record(result, out / "generated_check.json", overwrite=overwrite)
+    return paths
+
+
 @functools.lru_cache(maxsize=1)
 def _example():
     """The example CT, read once however many steps of a run use it (steps never modify inputs)."""

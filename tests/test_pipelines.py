@@ -164,3 +164,21 @@ def test_generate_cli_writes_case_and_check(run, tmp_path, capsys):
     rc = main(["-q", "generate", "chest CT", "--weights", str(run), "--size", "32", "32", "32", "--spacing", "5",
                "--steps", "1", "--out", str(tmp_path / "d"), "--format", "dicom"])
     assert rc == 0 and (tmp_path / "d" / "synth_ct").is_dir() and (tmp_path / "d" / "synth_labels.nii.gz").exists()
+
+
+def test_generate_recipe_step(run, tmp_path):
+    from synthgen.recipes import run_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: gen
+steps:
+  - task: generate
+    config: [{Path(__file__).parents[1] / 'configs' / 'generate.yaml'}]
+    overrides: [weights={run}, "size=[32,32,32]", spacing=5.0, steps=2]
+""")
+    res = run_recipe(recipe, tmp_path / "out", progress=False)
+    paths = res["generate"]
+    assert {"ct", "labels", "record", "preview", "config", "check"} <= set(paths)
+    check = json.loads(paths["check"].read_text())
+    assert set(check["adherence"]) == {"body", "lung", "bone"}
