@@ -440,14 +440,13 @@ class Trainer:
         return DDPMScheduler(num_train_timesteps=d.train_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
                              beta_schedule="scaled_linear", prediction_type=d.prediction, clip_sample=False)
 
-    def _diffusion_batch(self, step: int, crop_latent: list[int]) -> dict:
+    def _diffusion_batch(self, step: int, crop_latent: list[int], batch: int) -> dict:
         lat = self.latents()
         items, scale = lat["items"], lat["scale"]
         f = self.cfg.vae.downsample
         rng = _rng(self.cfg.seed, self.dist.rank, step, 1)
-        sc = self.cfg.ldm_stage
         zs, chans, toks, sps = [], [], [], []
-        for _ in range(sc.batch):
+        for _ in range(batch):
             it = items[int(rng.integers(len(items)))]
             box = _crop_box(it["z"].shape[1:], crop_latent, rng,
                             it["channels"][::f, ::f, ::f].numpy())
@@ -465,10 +464,10 @@ class Trainer:
         return {"z0": z0, "noise": noise, "t": t, "drop": drop, "tokens": collate(toks),
                 "spacing": torch.stack(sps), "channels": torch.stack(chans)}
 
-    def _denoise_loss(self, step: int, crop: list[int], sched, forward) -> torch.Tensor:
+    def _denoise_loss(self, step: int, crop: list[int], batch: int, sched, forward) -> torch.Tensor:
         """MSE of ``forward(z_t, t, batch)`` against the noise or velocity target of a fresh batch."""
         dev = self.device
-        b = self._diffusion_batch(step, crop)
+        b = self._diffusion_batch(step, crop, batch)
         zt = sched.add_noise(b["z0"], b["noise"], b["t"]).to(dev)
         b["tokens"] = {k: v.to(dev) for k, v in b["tokens"].items()}
         b["spacing"], b["drop"] = b["spacing"].to(dev), b["drop"].to(dev)
@@ -494,7 +493,7 @@ class Trainer:
                 ctx = model["encoder"](b["tokens"], b["spacing"], b["drop"])
                 return model["model"](zt, t, context=ctx)
 
-            return self._denoise_loss(step, crop, sched, forward)
+            return self._denoise_loss(step, crop, sc.batch, sched, forward)
 
         preview = self._diffusion_preview(controlnet=False)
         res = self._loop("ldm", unet, list(unet.parameters()) + list(enc.parameters()), loss_fn, preview,
@@ -524,7 +523,7 @@ class Trainer:
                 return unet(zt, t, context=ctx, down_block_additional_residuals=down,
                             mid_block_additional_residual=mid)
 
-            return self._denoise_loss(step, crop, sched, forward)
+            return self._denoise_loss(step, crop, sc.batch, sched, forward)
 
         preview = self._diffusion_preview(controlnet=True)
         res = self._loop("controlnet", cn, cn.parameters(), loss_fn, preview, resume=resume)
