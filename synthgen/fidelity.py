@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -131,9 +132,10 @@ def lesion_measurements(ct: Volume, labels: Volume) -> list[dict]:
     """Per lesion (connected component of a lesion label): its size by the label map and as the CT
     shows it, and its mean HU against the tissue around it.
 
-    ``ct_diameter_mm`` segments the lesion from the CT alone: around the lesion (box grown by its
-    radius), voxels whose HU is nearer the lesion's mean than its surroundings' mean, the component
-    overlapping the label most; sphere-equivalent diameter. None when the contrast is under 10 HU.
+    ``ct_diameter_mm`` is read from the CT's intensities alone: the radial HU profile around the
+    lesion's centre, over the lesion and its host organ (the structure around it), and the
+    diameter where it crosses halfway between the core level (inside half the radius) and the
+    background (1.5-2.5 radii). None when that contrast is under 10 HU.
     """
     from scipy import ndimage
 
@@ -152,30 +154,54 @@ def lesion_measurements(ct: Volume, labels: Volume) -> list[dict]:
             d_label = (6 * m.sum() * vox_mm3 / np.pi) ** (1 / 3)
             shell = ndimage.binary_dilation(m, iterations=2) & ~m & (lab != i)
             inside, around = float(hu[m].mean()), (float(hu[shell].mean()) if shell.any() else None)
+            host = np.bincount(lab[shell].astype(np.int64)).argmax() if shell.any() else None
+            where = m | (lab == host) if host else m
             out.append({"label": name, "diameter_mm": round(float(d_label), 1),
-                        "ct_diameter_mm": _ct_diameter(hu, m, inside, around, ct.spacing, d_label),
+                        "ct_diameter_mm": _ct_diameter(hu, m, where, inside, around, ct.spacing, d_label),
                         "mean_hu": round(inside, 1), "surrounding_hu": None if around is None else round(around, 1)})
     return out
 
 
-def _ct_diameter(hu, m, inside, around, spacing, d_label) -> float | None:
-    from scipy import ndimage
-
-    from synthgen.anatomy.ops import bounding_box
-
+def _ct_diameter(hu, m, where, inside, around, spacing, d_label) -> float | None:
+    """Diameter at which the CT's radial intensity profile around the lesion centre crosses halfway
+    between the lesion's level and the background's (a full-width-at-half-contrast size)."""
     if around is None or abs(inside - around) < 10.0:
         return None
-    grow = [int(np.ceil(d_label / 2 / s)) for s in spacing]
-    lo, hi = bounding_box(m, margin_vox=grow)
+    sp = np.asarray(spacing, dtype=float)
+    centre = np.argwhere(m).mean(0)
+    r_lab = d_label / 2
+    reach = [int(np.ceil(2.5 * r_lab / s)) + 1 for s in sp]
+    lo = [max(0, int(c) - r) for c, r in zip(centre, reach)]
+    hi = [min(n, int(c) + r + 1) for c, n, r in zip(centre, m.shape, reach)]
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-    near = np.abs(hu[sl] - inside) < np.abs(hu[sl] - around)
-    comps, n = ndimage.label(near)
-    if n == 0:
+    grid = np.stack(np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, sp)],
+                                indexing="ij"), -1)
+    r = np.linalg.norm(grid, axis=-1)[where[sl]]
+    v = hu[sl][where[sl]]
+    core = v[r < 0.5 * r_lab]
+    far = v[(r > 1.5 * r_lab) & (r < 2.5 * r_lab)]
+    if core.size == 0 or far.size == 0:
         return None
-    overlap = np.bincount(comps[m[sl]], minlength=n + 1)
-    overlap[0] = 0
-    best = comps == int(np.argmax(overlap))
-    return round(float((6 * best.sum() * np.prod(spacing) / np.pi) ** (1 / 3)), 1)
+    level, background = float(core.mean()), float(far.mean())
+    if abs(level - background) < 10.0:
+        return None
+    half = 0.5 * (level + background)
+    step = float(sp.min()) / 2
+    edges = np.arange(0.0, 2.5 * r_lab + step, step)
+    sign = 1.0 if level > background else -1.0
+    prev = None  # (mid radius, profile - half) of the last non-empty ring
+    for a, b in itertools.pairwise(edges):
+        ring = v[(r >= a) & (r < b)]
+        if not ring.size:
+            continue
+        mid, val = 0.5 * (a + b), sign * (float(ring.mean()) - half)
+        if val < 0:
+            if prev is None:
+                return round(2 * mid, 1)
+            (r0, v0) = prev  # linear interpolation of the crossing between the two rings
+            return round(2 * (r0 + (mid - r0) * v0 / (v0 - val)), 1)
+        prev = (mid, val)
+    return None
 
 
 def _lesion_names() -> set[str]:

@@ -263,7 +263,7 @@ class TextToCTPipeline(MaskToCTPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str, *, labels: Volume | None = None, size=(96, 96, 96), spacing: float = 4.0,
                  steps: int = 30, guidance: float = 2.0, seed: int = 0, scheduler: str = "ddim",
-                 tile: int | None = None, progress: bool = False) -> GenerationResult:
+                 tile: int | None = None, prior_correction: bool = True, progress: bool = False) -> GenerationResult:
         from synthgen.anatomy.library import label_map_for
         from synthgen.text.prompt import parse_prompt
 
@@ -277,7 +277,7 @@ class TextToCTPipeline(MaskToCTPipeline):
             built = label_map_for(spec, size=size, spacing=spacing, seed=seed)
             labels, lesions, source = built.labels, built.lesions, built.source
         res = super().__call__(labels, spec, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                               tile=tile, progress=progress)
+                               tile=tile, prior_correction=prior_correction, progress=progress)
         res.record.update(pipeline=type(self).__name__, label_source=source, lesions=lesions, warnings=warnings)
         return res
 
