@@ -241,33 +241,28 @@ def _write_generated(args: argparse.Namespace, res) -> dict:
     return write_case(out, args.stem, ct=res.ct, labels=res.labels, record=res.record, overwrite=args.overwrite)
 
 
-def _run_check(ct, labels, pipe, *, phase, out: Path, overwrite: bool) -> dict:
+def _run_check(ct, labels, pipe, *, phase, out: Path | None, overwrite: bool) -> dict:
     from synthgen.fidelity import check, format_check
     from synthgen.io.record import write_record
 
-    thumbs, sources = pipe.training_thumbnails() if pipe is not None else (None, None)
-    result = check(ct, labels, phase=phase, training=thumbs, training_sources=sources)
+    result = pipe.check(ct, labels, phase=phase) if pipe is not None else check(ct, labels, phase=phase)
     print(format_check(result))
-    return {"check": write_record(result, out, overwrite=overwrite)}
+    return {"check": write_record(result, out, overwrite=overwrite)} if out is not None else {}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from synthgen.io import read_pair
+    from synthgen.pipelines.latent_ct import MaskToCTPipeline
 
     ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
-    pipe = None
-    if args.weights:
-        from synthgen.pipelines.latent_ct import MaskToCTPipeline
-
+    try:  # the weights carry the training thumbnails and the organ segmenter
         pipe = MaskToCTPipeline.from_pretrained(args.weights)
-    paths = {}
-    if args.out:
-        paths = _run_check(ct, labels, pipe, phase=args.phase, out=Path(args.out), overwrite=args.overwrite)
-    else:
-        from synthgen.fidelity import check, format_check
-
-        thumbs, sources = pipe.training_thumbnails() if pipe is not None else (None, None)
-        print(format_check(check(ct, labels, phase=args.phase, training=thumbs, training_sources=sources)))
+    except InputError:
+        if args.weights:
+            raise
+        pipe = None
+    paths = _run_check(ct, labels, pipe, phase=args.phase, out=Path(args.out) if args.out else None,
+                       overwrite=args.overwrite)
     for role, p in paths.items():
         print(f"{role:8s} {p}")
     return 0
@@ -444,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ct")
     p.add_argument("labels")
     p.add_argument("--phase", default=None, help="contrast phase (default: estimated from the CT)")
-    p.add_argument("--weights", default=None, help="pipeline folder whose training thumbnails to compare with")
+    p.add_argument("--weights", default=None,
+                   help="pipeline folder whose training thumbnails and segmenter to use (default: the shipped one)")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_check)

@@ -243,9 +243,25 @@ def memorisation(ct: Volume, labels: Volume, training: np.ndarray | None,
             "flag": bool(scores[k] > NCC_FLAG), "threshold": NCC_FLAG}
 
 
+def organ_adherence(ct: Volume, labels: Volume, segmenter) -> dict[str, dict]:
+    """Dice per organ between the segmenter's reading of the CT and the label map (reported, no
+    pass/fail: the segmenter is small and trained on one patient; see its Dice on the real scan)."""
+    from synthgen.models.segmenter import ORGANS, segment
+
+    pred = segment(segmenter, ct.numpy().astype(np.float32))
+    out = {}
+    for k, organ in enumerate(ORGANS, start=1):
+        truth = _mask(labels, organ)
+        if truth is None:
+            continue
+        out[organ] = {"dice": round(dice(pred == k, truth), 4)}
+    return out
+
+
 def check(ct: Volume, labels: Volume, *, phase: str | None = None, training: np.ndarray | None = None,
-          training_sources: Sequence[str] | None = None) -> dict:
-    """All three checks; ``phase`` None = estimated from the CT (`estimate_phase`)."""
+          training_sources: Sequence[str] | None = None, segmenter=None) -> dict:
+    """All checks; ``phase`` None = estimated from the CT (`estimate_phase`); ``segmenter`` adds
+    the organ Dice of `organ_adherence`."""
     ct.check_same_grid(labels, names=("CT", "label map"))
     if phase is None:
         from synthgen.lesions.appearance import estimate_phase
@@ -258,7 +274,8 @@ def check(ct: Volume, labels: Volume, *, phase: str | None = None, training: np.
     adh = adherence(ct, labels)
     mem = memorisation(ct, labels, training, training_sources)
     verdicts = [r["pass"] for r in [*hu.values(), *adh.values()] if r.get("pass") is not None]
-    return {"phase": phase, "hu": hu, "adherence": adh, "lesions": lesion_measurements(ct, labels),
+    organs = organ_adherence(ct, labels, segmenter) if segmenter is not None else {}
+    return {"phase": phase, "hu": hu, "adherence": adh, "organs": organs, "lesions": lesion_measurements(ct, labels),
             "memorisation": mem, "pass": bool(all(verdicts)) and not mem.get("flag")}
 
 
@@ -273,6 +290,9 @@ def format_check(result: dict) -> str:
         d = "-" if r["dice"] is None else f"{r['dice']:.3f}"
         ok = {True: "ok", False: "LOW", None: r.get("note", "")}[r["pass"]]
         lines.append(f"  {s:8s} {d:>6s}  {ok}")
+    if result.get("organs"):
+        lines.append("organ Dice (segmenter on the CT vs labels): " +
+                     ", ".join(f"{k} {v['dice']:.2f}" for k, v in result["organs"].items()))
     for les in result["lesions"]:
         seen = "-" if les["ct_diameter_mm"] is None else f"{les['ct_diameter_mm']:.1f} mm"
         lines.append(f"lesion {les['label']}: {les['diameter_mm']:.1f} mm in the label map, {seen} in the CT; "

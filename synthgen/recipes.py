@@ -138,11 +138,7 @@ def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pa
     paths = write_case(out, "generated", ct=res.ct, labels=res.labels, record=res.record, config=cfg,
                        overwrite=overwrite)
     if cfg.check:
-        from synthgen.fidelity import check
-
-        thumbs, sources = pipe.training_thumbnails()
-        phase = (res.record.get("spec") or {}).get("phase")
-        result = check(res.ct, res.labels, phase=phase, training=thumbs, training_sources=sources)
+        result = pipe.check(res.ct, res.labels, phase=(res.record.get("spec") or {}).get("phase"))
         paths["check"] = write_record(result, out / "generated_check.json", overwrite=overwrite)
     return paths
 

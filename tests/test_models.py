@@ -210,3 +210,15 @@ def test_training_data_from_an_nnunet_folder(tmp_path):
     with pytest.raises(InputError, match="no CT \\+ label pairs"):
         build_cache(DataConfig(example_variants=0, phantoms=0, folders=[str(tmp_path)]), tmp_path / "c2",
                     progress=False)
+
+
+def test_segmenter_stage_trains_on_real_scans_only(tmp_path):
+    from synthgen.models.segmenter import ORGANS, organ_targets
+
+    d = Vocabulary.default()
+    t = organ_targets(np.array([0, d.id("liver"), d.id("kidney_left"), d.id("aorta"), d.id("lung_upper_lobe_left")]))
+    assert t.tolist() == [0, 1 + ORGANS.index("liver"), 1 + ORGANS.index("kidney"), 1 + ORGANS.index("aorta"), 0]
+    res = train("segmenter", tiny_config("segmenter_stage.steps=3"), tmp_path / "r", progress=False)
+    assert len(res["losses"]) == 3 and (tmp_path / "r" / "segmenter" / "model.safetensors").exists()
+    with pytest.raises(InputError, match="only phantoms"):
+        train("segmenter", tiny_config("data.example_variants=0"), tmp_path / "p", progress=False)

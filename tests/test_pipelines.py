@@ -29,7 +29,7 @@ TINY = Path(__file__).parent / "tiny_train.yaml"
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config(TrainConfig, paths=[TINY])
-    for stage in ("vae", "ldm", "controlnet"):
+    for stage in ("vae", "ldm", "controlnet", "segmenter"):
         train(stage, cfg, folder, progress=False)
     return folder
 
@@ -73,7 +73,7 @@ def test_mask_to_ct_output_contract(pipe, small_labels):
     assert res.ct.synthetic and res.labels.synthetic
     rec = res.record
     assert rec["seed"] == 5 and rec["steps"] == 3 and rec["synthetic"] is True
-    assert set(rec["model_hashes"]) == {"vae", "unet", "text_encoder", "controlnet"}
+    assert set(rec["model_hashes"]) == {"vae", "unet", "text_encoder", "controlnet", "segmenter"}
     again = MaskToCTPipeline.__call__(pipe, small_labels, "chest CT", steps=3, seed=5)
     assert np.array_equal(again.ct.numpy(), ct)  # seeded
     other = MaskToCTPipeline.__call__(pipe, small_labels, "chest CT", steps=3, seed=6)
@@ -157,7 +157,7 @@ def test_generate_cli_writes_case_and_check(run, tmp_path, capsys):
         assert (tmp_path / "g" / name).exists(), name
     rec = json.loads((tmp_path / "g" / "synth.json").read_text())
     assert rec["synthetic"] is True and rec["prompt"].startswith("chest CT")
-    assert "mask adherence" in out
+    assert "mask adherence" in out and "organ Dice" in out
     rc = main(["-q", "generate", "chest CT", "--weights", str(run), "--size", "32", "32", "32", "--spacing", "5",
                "--steps", "1", "--out", str(tmp_path / "g")])
     assert rc == 2 and "exists" in capsys.readouterr().err  # nothing overwritten without --overwrite

@@ -12,7 +12,7 @@ from synthgen.recipes import known_tasks, load_recipe, run_recipe
 
 def test_quickstart_recipe_loads():
     recipe = load_recipe("pipelines/quickstart.yaml")
-    assert [s.task for s in recipe.steps] == ["describe_example", "drr", "lesion", "phantom"]
+    assert [s.task for s in recipe.steps] == ["describe_example", "drr", "lesion", "phantom", "generate"]
 
 
 def test_run_phantom_recipe_writes_every_step(tmp_path):
@@ -48,6 +48,12 @@ def test_quickstart_recipe_end_to_end(tmp_path, example, capsys):
     for view in ("PA", "LAT"):
         rec = json.loads((tmp_path / f"demo/drr/{view}.json").read_text())
         assert rec["physics"]["photons_per_pixel"] == 20000.0 and "heart" in rec["structures"]
+    # text -> CT on the shipped weights, with its fidelity check
+    gen = json.loads((tmp_path / "demo/generate/generated.json").read_text())
+    assert gen["prompt"] == "chest CT, 3 cm tumour in the liver" and gen["synthetic"] is True
+    check = json.loads((tmp_path / "demo/generate/generated_check.json").read_text())
+    assert check["adherence"]["lung"]["dice"] >= 0.85 and check["adherence"]["body"]["dice"] >= 0.85
+    assert check["lesions"][0]["label"] == "liver_tumor"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from synthgen.errors import InputError
-from synthgen.fidelity import check
 from synthgen.pipelines.latent_ct import TextToCTPipeline, default_weights
 
 
@@ -28,7 +27,7 @@ def test_shipped_weights_are_small_safetensors():
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 30 * 2**20
     assert {p.suffix for p in files} <= {".safetensors", ".json", ".yaml"}  # no pickle anywhere
-    for c in ("vae", "unet", "text_encoder", "controlnet"):
+    for c in ("vae", "unet", "text_encoder", "controlnet", "segmenter"):
         assert (folder / c / "model.safetensors").exists()
 
 
@@ -44,8 +43,7 @@ def test_shipped_weights_generate_a_small_ct(pipe):
 @pytest.mark.slow
 def test_shipped_weights_meet_the_acceptance_numbers(pipe):
     res = pipe("chest CT, 3 cm tumour in the liver", size=(96, 96, 96), spacing=4.0, steps=30, seed=0)
-    thumbs, sources = pipe.training_thumbnails()
-    r = check(res.ct, res.labels, phase="arterial", training=thumbs, training_sources=sources)
+    r = pipe.check(res.ct, res.labels, phase="arterial")
     for s in ("body", "lung"):
         assert r["adherence"][s]["dice"] >= 0.85, r["adherence"]
     assert all(v["pass"] for v in r["hu"].values()), r["hu"]

@@ -44,10 +44,11 @@ from synthgen.models.networks import (
     build_vae,
     init_controlnet_from_unet,
 )
+from synthgen.models.segmenter import SegmenterConfig, build_segmenter, organ_targets
 from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
 from synthgen.models.trainset import DataConfig, Sample, build_cache
 
-STAGES = ("vae", "ldm", "controlnet")
+STAGES = ("vae", "ldm", "controlnet", "segmenter")
 
 
 @dataclasses.dataclass
@@ -73,6 +74,9 @@ class TrainConfig:
         default_factory=lambda: StageConfig(steps=2000, batch=2, crop=[64, 64, 64], lr=5e-4))
     controlnet_stage: StageConfig = dataclasses.field(
         default_factory=lambda: StageConfig(steps=1000, batch=2, crop=[64, 64, 64], lr=5e-4))
+    segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
+    segmenter_stage: StageConfig = dataclasses.field(
+        default_factory=lambda: StageConfig(steps=600, batch=2, crop=[64, 64, 64], lr=2e-3))
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
     seed: int = 0
@@ -235,7 +239,7 @@ class Trainer:
             torch.set_num_threads(max(1, cfg.threads))
         self.dist = _Dist(self.device)
         f = cfg.vae.downsample
-        for name in ("vae_stage", "ldm_stage", "controlnet_stage"):
+        for name in ("vae_stage", "ldm_stage", "controlnet_stage", "segmenter_stage"):
             crop = getattr(cfg, name).crop
             if len(crop) != 3 or any(c % f or c < f for c in crop):
                 raise InputError(f"{name}.crop must be 3 sizes, each a multiple of the VAE factor {f}, got {crop}")
@@ -567,6 +571,40 @@ class Trainer:
         return preview
 
 
+def _is_real(sample: Sample) -> bool:
+    return not sample.source.startswith("phantom")
+
+
+def train_segmenter_stage(t: Trainer, *, resume: bool = False) -> dict:
+    """The fidelity check's organ segmenter (`synthgen.models.segmenter`) on the real scans only."""
+    from monai.losses import DiceCELoss
+
+    cfg, sc = t.cfg, t.cfg.segmenter_stage
+    samples = [s for s in t.samples() if _is_real(s)]
+    if not samples:
+        raise InputError("the segmenter trains on real scans; the training data has only phantoms")
+    torch.manual_seed(cfg.seed + 3)
+    model = build_segmenter(cfg.segmenter).to(t.device)
+    loss_f = DiceCELoss(to_onehot_y=True, softmax=True)
+    air = hu_to_model(np.float32(-1024))
+
+    def loss_fn(holder, step):
+        rng = _rng(cfg.seed, t.dist.rank, step, 3)
+        xs, ys = [], []
+        for _ in range(sc.batch):
+            s = samples[int(rng.integers(len(samples)))]
+            box = _crop_box(s.hu.shape, sc.crop, rng, s.labels)
+            xs.append(_pad_to(hu_to_model(s.hu[box]), sc.crop, air))
+            ys.append(_pad_to(organ_targets(s.labels[box]), sc.crop, 0))
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(t.device)
+        y = torch.from_numpy(np.stack(ys)[:, None]).to(t.device)
+        return loss_f(holder["model"](x).float(), y)
+
+    res = t._loop("segmenter", model, model.parameters(), loss_fn, None, resume=resume)
+    t._export("segmenter", res["final"]["model"], cfg.segmenter, t._info(res))
+    return res
+
+
 def train(stage: str, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False,
           progress: bool = True) -> dict:
     if stage not in STAGES:
@@ -574,4 +612,6 @@ def train(stage: str, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool 
 
         raise InputError(f"unknown training stage {stage!r}{did_you_mean(stage, STAGES)}; stages: {', '.join(STAGES)}")
     t = Trainer(cfg, run, progress=progress)
+    if stage == "segmenter":
+        return train_segmenter_stage(t, resume=resume)
     return getattr(t, f"train_{stage}")(resume=resume)

@@ -110,6 +110,7 @@ class MaskToCTPipeline:
         self.factor = 2 ** (len(self.vae_config.channels) - 1)
         self.multiple = self.factor * 2 ** (len(self.unet_config.channels) - 1)
         self._thumbs: tuple | None = None
+        self.segmenter: torch.nn.Module | None = None  # the fidelity check's organ segmenter, if shipped
 
     # ----------------------------------------------------------------- loading / saving
     @classmethod
@@ -130,8 +131,17 @@ class MaskToCTPipeline:
         if (folder / "controlnet" / "model.safetensors").exists():
             cn = load_module(build_controlnet(unet_cfg, lc), folder / "controlnet" / "model.safetensors")
         prior = Prior.from_mapping(json.loads(_need(folder / "prior.json").read_text()))
-        return cls(vae, unet, enc, cn, prior, settings, vae_config=vae_cfg, unet_config=unet_cfg, folder=folder,
+        seg = None
+        if (folder / "segmenter" / "model.safetensors").exists():
+            from synthgen.models.segmenter import SegmenterConfig, build_segmenter
+
+            seg_cfg = _read_yaml(folder / "segmenter" / "config.yaml", SegmenterConfig)
+            seg = load_module(build_segmenter(seg_cfg), folder / "segmenter" / "model.safetensors").eval()
+            seg.config = seg_cfg
+        pipe = cls(vae, unet, enc, cn, prior, settings, vae_config=vae_cfg, unet_config=unet_cfg, folder=folder,
                    device=device)
+        pipe.segmenter = seg
+        return pipe
 
     def save_pretrained(self, folder: str | os.PathLike, *, half: bool = False, overwrite: bool = False) -> Path:
         """Write the pipeline folder (``half``: weights stored as float16, loaded back as float32)."""
@@ -141,7 +151,8 @@ class MaskToCTPipeline:
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             parts = {"vae": (self.vae, self.vae_config), "unet": (self.unet, self.unet_config),
                      "text_encoder": (self.encoder, {"dim": self.encoder.dim}),
-                     "controlnet": (self.controlnet, self.unet_config)}
+                     "controlnet": (self.controlnet, self.unet_config),
+                     "segmenter": (self.segmenter, getattr(self.segmenter, "config", None))}
             for name, (module, cfg) in parts.items():
                 if module is None:
                     continue
@@ -162,7 +173,7 @@ class MaskToCTPipeline:
     def model_hashes(self) -> dict[str, str]:
         if self.folder is None:
             return {}
-        return {c: file_hash(p)[:16] for c in ("vae", "unet", "text_encoder", "controlnet")
+        return {c: file_hash(p)[:16] for c in ("vae", "unet", "text_encoder", "controlnet", "segmenter")
                 if (p := self.folder / c / "model.safetensors").exists()}
 
     def training_thumbnails(self) -> tuple[np.ndarray | None, list[str] | None]:
@@ -177,6 +188,13 @@ class MaskToCTPipeline:
                     self._thumbs = (f.get_tensor("thumbnails").astype(np.float32),
                                     json.loads(f.metadata()["sources"]))
         return self._thumbs
+
+    def check(self, ct: Volume, labels: Volume, *, phase: str | None = None) -> dict:
+        """`synthgen.fidelity.check` with these weights' training thumbnails and organ segmenter."""
+        from synthgen.fidelity import check
+
+        thumbs, sources = self.training_thumbnails()
+        return check(ct, labels, phase=phase, training=thumbs, training_sources=sources, segmenter=self.segmenter)
 
     # ----------------------------------------------------------------- generation
     def check_labels(self, labels: Volume) -> None:
