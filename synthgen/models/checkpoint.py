@@ -76,7 +76,7 @@ def save_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
 def load_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     state = {}
     for pid, entry in json.loads(meta["state"]).items():
         state[int(pid)] = {k: (tensors[f"{pid}.{k}"] if v == "tensor" else v) for k, v in entry.items()}
