@@ -300,6 +300,27 @@ class TextToCTPipeline(MaskToCTPipeline):
         return res
 
 
+def _with_host_noise(gen: np.ndarray, hu: np.ndarray, lab: np.ndarray, lesion: np.ndarray, spacing,
+                     seed: int) -> tuple[np.ndarray, dict | None]:
+    """``gen`` + noise with the level and grain of the host tissue around the lesion (None: too
+    little host tissue to measure, nothing added)."""
+    from scipy import ndimage
+
+    from synthgen.lesions.appearance import correlated_noise, estimate_noise
+
+    shell = ndimage.binary_dilation(lesion, iterations=6) & ~ndimage.binary_dilation(lesion, iterations=2)
+    if not shell.any():
+        return gen, None
+    host = np.bincount(lab[shell].astype(np.int64)).argmax()
+    region = ndimage.binary_erosion(lab == host) & ~ndimage.binary_dilation(lesion, iterations=2)
+    try:
+        model = estimate_noise(hu.astype(np.float32), region, spacing_mm=spacing)
+    except InputError:
+        return gen, None
+    noise = correlated_noise(gen.shape, model, spacing_mm=spacing, rng=np.random.default_rng([seed, 7]))
+    return gen + noise, {"std_hu": round(float(model.std_hu), 2), "grain_mm": round(float(model.grain_mm), 2)}
+
+
 def _findings_missing(spec, labels: Volume) -> list[str]:
     """With a user label map the map decides what is drawn: name each prompt finding it lacks."""
     from synthgen.anatomy.vocab import Vocabulary
@@ -329,7 +350,10 @@ class LesionInpaintPipeline(MaskToCTPipeline):
     @torch.no_grad()
     def __call__(self, ct: Volume, labels: Volume, lesion_label: str | int, *, model_spacing: float = 3.0,
                  margin_mm: float = 2.0, steps: int = 30, seed: int = 0, scheduler: str = "ddim",
-                 prompt: Any = None, progress: bool = False) -> GenerationResult:
+                 prompt: Any = None, match_noise: bool = True, progress: bool = False) -> GenerationResult:
+        """``match_noise``: add the host scan's noise (level and grain measured in the tissue around
+        the lesion, `synthgen.lesions.appearance.estimate_noise`) to the generated voxels, which
+        the VAE returns smooth."""
         from scipy import ndimage
 
         from synthgen.anatomy.ops import bounding_box
@@ -380,6 +404,9 @@ class LesionInpaintPipeline(MaskToCTPipeline):
                           known_mask=1.0 - lat_mask, progress=progress)
         gen_hu = model_to_hu(self.vae.decode(z)[0, 0].float().cpu().numpy())
         back = Volume(gen_hu, grid_affine, kind="intensity", units="HU").resample_to(sub_ct, fill=0.0).numpy()
+        noise_info = None
+        if match_noise:
+            back, noise_info = _with_host_noise(back, sub_ct.numpy(), lab[sl], mask[sl], sp, seed)
         out = ct.numpy().copy()
         w = weight[sl]
         inside = w > 0
@@ -392,5 +419,6 @@ class LesionInpaintPipeline(MaskToCTPipeline):
         record = {"generator": f"synthgen {__version__}", "pipeline": type(self).__name__,
                   "lesion_label": str(lesion_label), "seed": int(seed), "steps": int(steps),
                   "scheduler": scheduler, "model_spacing_mm": model_spacing, "margin_mm": margin_mm,
-                  "changed_voxels": int(inside.sum()), "model_hashes": self.model_hashes(), "synthetic": True}
+                  "changed_voxels": int(inside.sum()), "noise": noise_info, "model_hashes": self.model_hashes(),
+                  "synthetic": True}
         return GenerationResult(ct=new_ct, labels=labels, record=record)
