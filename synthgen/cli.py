@@ -300,9 +300,13 @@ def _cmd_expand(args: argparse.Namespace) -> int:
         barrier = dist.barrier
     res = expand(ds, plan, out=out, rank=rank, world=world, barrier=barrier, progress=args.progress)
     if rank == 0:
+        from synthgen.expand.analysis import write_expansion_summary
+
+        summary = write_expansion_summary(a, plan.to_dict(), plan.counts, res.root)
         print(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
         print(f"manifest {res.manifest}")
         print(f"index    {res.index}")
+        print(f"summary  {summary['summary']}  {summary['chart']}")
     return 0
 
 

@@ -234,7 +234,8 @@ def test_expand_in_place_keeps_originals_and_writes_manifest(nnunet, tmp_path):
     after = _tree(root)
     assert all(after[k] == v for k, v in before.items())  # originals byte-identical
     new = sorted(set(after) - set(before))
-    assert new == sorted(["dataset.synthgen.json", "synthetic_manifest.jsonl",
+    assert new == sorted(["dataset.synthgen.json", "synthetic_manifest.jsonl", "synthgen_expand.json",
+                          "synthgen_expand.png",
                           "imagesTr/synth_liver_tumor_0000_0000.nii.gz", "imagesTr/synth_liver_tumor_0001_0000.nii.gz",
                           "labelsTr/synth_liver_tumor_0000.nii.gz", "labelsTr/synth_liver_tumor_0001.nii.gz"])
     lines = [json.loads(x) for x in (root / "synthetic_manifest.jsonl").read_text().splitlines()]
@@ -248,6 +249,8 @@ def test_expand_in_place_keeps_originals_and_writes_manifest(nnunet, tmp_path):
 
     lab = read(root / "labelsTr" / "synth_liver_tumor_0000.nii.gz", kind="label").numpy()
     assert (lab == 3).any() and set(np.unique(lab)) <= {0, 1, 2, 3}
+    summary = json.loads((root / "synthgen_expand.json").read_text())
+    assert summary["cases_after"] == {"liver": 5, "kidney": 5, "liver_tumor": 3}
     # running again does nothing new
     assert main(["-q", "expand", str(root), "--target", "count=3", "--seed", "1"]) == 0
     assert _tree(root) == after

@@ -170,3 +170,21 @@ def write_analysis(a: Analysis, out_dir: str | Path, *, overwrite: bool = False)
                       title=f"cases per class ({a.n_items} items); rare in red")
     save_png(chart, paths["chart"], overwrite=overwrite)
     return paths
+
+
+def write_expansion_summary(a: Analysis, plan_dict: dict, counts: dict[str, int], out_dir: str | Path) -> dict[str, Path]:
+    """``synthgen_expand.json`` (analysis before, plan, cases per class after) and
+    ``synthgen_expand.png`` (cases per class before / after, rare classes in red)."""
+    from synthgen.io.atomic import write_text
+    from synthgen.report.montage import save_png
+
+    out = Path(out_dir)
+    after = {c.name: c.n_cases + counts.get(c.name, 0) for c in a.classes}
+    paths = {"summary": out / "synthgen_expand.json", "chart": out / "synthgen_expand.png"}
+    before = {k: v for k, v in a.to_dict().items() if k != "dataset"}  # no path: copies stay identical
+    doc = {"before": before, "plan": plan_dict, "cases_after": after}
+    write_text(paths["summary"], json.dumps(doc, indent=1) + "\n", overwrite=True)
+    chart = bar_chart({c.name: [c.n_cases, after[c.name]] for c in a.classes}, series=["before", "after"],
+                      highlight=a.rare, title=f"cases per class before / after expansion ({a.n_items} real items)")
+    save_png(chart, paths["chart"], overwrite=True)
+    return paths
