@@ -275,9 +275,9 @@ def _validate(ds: Dataset, *, check_grids: bool) -> None:
                                f"{'' if lshape != shape else ', different affine'})")
             except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised
                 err = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        if err is None and ds.task == "seg" and ds.classes:
-            values = _label_values(it.label)
-            unknown = sorted(values - set(ds.classes))
+        if err is None and ds.task == "seg":
+            values = _label_values(it.label)  # every label map is read once here
+            unknown = sorted(values - set(ds.classes)) if ds.classes else []
             if unknown:
                 err = f"label values not declared in the dataset's labels: {unknown}"
             seen_values |= values
@@ -286,7 +286,7 @@ def _validate(ds: Dataset, *, check_grids: bool) -> None:
         else:
             ds.problems.append((it.id, err))
     if ds.task == "seg" and not ds.classes:
-        ds.classes = {0: "background", **{v: f"class_{v}" for v in sorted(seen_values | _all_values(good)) if v}}
+        ds.classes = {0: "background", **{v: f"class_{v}" for v in sorted(seen_values) if v}}
     ds.items = good
 
 
@@ -296,10 +296,3 @@ def _label_values(path: Path) -> set[int]:
     from synthgen.io import read
 
     return {int(v) for v in np.unique(np.asarray(read(path, kind="label").numpy()))}
-
-
-def _all_values(items: list[Item]) -> set[int]:
-    out: set[int] = set()
-    for it in items:
-        out |= _label_values(it.label)
-    return out

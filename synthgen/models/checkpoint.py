@@ -19,8 +19,12 @@ from synthgen.errors import InputError
 from synthgen.io.atomic import atomic_path
 
 
-def save_module(module: torch.nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+def save_module(module: torch.nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
+                half: bool = False) -> Path:
+    """``half``: floating-point tensors stored as float16 (`load_module` casts back to the module's dtype)."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(path, overwrite=True) as tmp:
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     return Path(path)

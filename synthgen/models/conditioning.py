@@ -11,6 +11,7 @@ diffusion model generates the latent residual around the encoded prior image
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 
@@ -65,18 +66,13 @@ def channel_of_name(name: str, vocab: Vocabulary | None = None) -> int:
     return _channel_table(vocab or Vocabulary.default()).get(name, 1)
 
 
-_TABLES: dict[int, dict[str, int]] = {}
-
-
+@functools.lru_cache(maxsize=32)
 def _channel_table(vocab: Vocabulary) -> dict[str, int]:
-    key = hash(vocab)
-    if key not in _TABLES:
-        table: dict[str, int] = {}
-        for k, (_, members) in enumerate(CHANNELS):
-            for name in _member_names(members, vocab):
-                table.setdefault(name, k)
-        _TABLES[key] = table
-    return _TABLES[key]
+    table: dict[str, int] = {}
+    for k, (_, members) in enumerate(CHANNELS):
+        for name in _member_names(members, vocab):
+            table.setdefault(name, k)
+    return table
 
 
 def channel_index(labels) -> np.ndarray:

@@ -49,6 +49,8 @@ from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
 from synthgen.models.trainset import DataConfig, Sample, build_cache
 
 STAGES = ("vae", "ldm", "controlnet", "segmenter")
+#: Air (-1024 HU) in model units: the padding of crops and volumes.
+_AIR = hu_to_model(np.float32(-1024))
 
 
 @dataclasses.dataclass
@@ -352,7 +354,7 @@ class Trainer:
             for _ in range(sc.batch):
                 s = samples[int(rng.integers(len(samples)))]
                 box = _crop_box(s.hu.shape, sc.crop, rng, s.labels)
-                xs.append(_pad_to(hu_to_model(s.hu[box]), sc.crop, hu_to_model(np.float32(-1024))))
+                xs.append(_pad_to(hu_to_model(s.hu[box]), sc.crop, _AIR))
             return torch.from_numpy(np.stack(xs)[:, None]).to(self.device)
 
         def loss_fn(model, step):
@@ -367,9 +369,8 @@ class Trainer:
         def preview(holder, path):
             from synthgen.models.hu import model_to_hu
 
-            x = torch.from_numpy(hu_to_model(fixed.hu))[None, None].to(self.device)
-            x = _pad_to(x.cpu().numpy()[0, 0], [math.ceil(n / cfg.vae.downsample) * cfg.vae.downsample
-                                                 for n in fixed.hu.shape], hu_to_model(np.float32(-1024)))
+            f = cfg.vae.downsample
+            x = _pad_to(hu_to_model(fixed.hu), [math.ceil(n / f) * f for n in fixed.hu.shape], _AIR)
             rec = holder["model"].reconstruct(torch.from_numpy(x)[None, None].to(self.device))[0, 0].cpu().numpy()
             _preview_png([[_mid_axial(fixed.hu.astype(np.float32)), _mid_axial(model_to_hu(rec))]], path)
 
@@ -381,10 +382,13 @@ class Trainer:
 
     # -- latents shared by the diffusion stages ------------------------------
     def _load_vae(self) -> torch.nn.Module:
-        p = self.run / "vae" / "model.safetensors"
-        if not p.exists():
-            raise InputError(f"{self.run}: no trained VAE (run `synthgen train vae` with this --out first)")
-        return load_module(build_vae(self.cfg.vae), p).to(self.device).eval()
+        """The trained VAE of this run, read once (latents and every preview use it)."""
+        if not hasattr(self, "_vae"):
+            p = self.run / "vae" / "model.safetensors"
+            if not p.exists():
+                raise InputError(f"{self.run}: no trained VAE (run `synthgen train vae` with this --out first)")
+            self._vae = load_module(build_vae(self.cfg.vae), p).to(self.device).eval()
+        return self._vae
 
     def latents(self) -> dict:
         """Per sample: latent of the CT, latent of its prior image, channels, spec tokens; + scale."""
@@ -406,12 +410,11 @@ class Trainer:
         from synthgen.text.prompt import parse_prompt
         from synthgen.volume import Volume
 
-        air = float(hu_to_model(np.float32(-1024)))
         for s in samples:
             shape = [math.ceil(n / m) * m for n in s.hu.shape]
             lab = _pad_to(s.labels, shape, 0)
             vol = Volume(lab, np.diag([*s.spacing, 1.0]), kind="label", vocab=Vocabulary.default())
-            y = _pad_to(hu_to_model(s.hu), shape, air)
+            y = _pad_to(hu_to_model(s.hu), shape, float(_AIR))
             yp = prior.image(vol)
             with torch.no_grad():
                 z = vae.encode(torch.from_numpy(np.stack([y, yp])[:, None]).to(self.device))[0]
@@ -586,7 +589,6 @@ def train_segmenter_stage(t: Trainer, *, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed + 3)
     model = build_segmenter(cfg.segmenter).to(t.device)
     loss_f = DiceCELoss(to_onehot_y=True, softmax=True)
-    air = hu_to_model(np.float32(-1024))
 
     def loss_fn(holder, step):
         rng = _rng(cfg.seed, t.dist.rank, step, 3)
@@ -594,7 +596,7 @@ def train_segmenter_stage(t: Trainer, *, resume: bool = False) -> dict:
         for _ in range(sc.batch):
             s = samples[int(rng.integers(len(samples)))]
             box = _crop_box(s.hu.shape, sc.crop, rng, s.labels)
-            xs.append(_pad_to(hu_to_model(s.hu[box]), sc.crop, air))
+            xs.append(_pad_to(hu_to_model(s.hu[box]), sc.crop, _AIR))
             ys.append(_pad_to(organ_targets(s.labels[box]), sc.crop, 0))
         x = torch.from_numpy(np.stack(xs)[:, None]).to(t.device)
         y = torch.from_numpy(np.stack(ys)[:, None]).to(t.device)

@@ -157,9 +157,7 @@ class MaskToCTPipeline:
                 if module is None:
                     continue
                 (tmp / name).mkdir()
-                m = module.half() if half else module
-                save_module(m, tmp / name / "model.safetensors")
-                module.float()
+                save_module(module, tmp / name / "model.safetensors", half=half)
                 _write_yaml(cfg, tmp / name / "config.yaml")
             (tmp / "prior.json").write_text(self.prior.to_json())
             (tmp / "pipeline.json").write_text(json.dumps({**self.settings, "synthgen": __version__}, indent=1))
