@@ -269,44 +269,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_expand(args: argparse.Namespace) -> int:
-    import os
+    from synthgen.expand.job import ExpandSettings, expand_job
 
-    from synthgen.expand.analysis import analyse, format_table, write_analysis
-    from synthgen.expand.dataset import read_dataset
-    from synthgen.expand.generate import expand
-    from synthgen.expand.plan import Target, make_plan
+    settings = ExpandSettings(rare=args.rare, rare_fraction=args.rare_fraction, target=args.target,
+                              budget=args.budget, size=args.size, seed=args.seed, hold_out=args.hold_out,
+                              dry_run=args.dry_run, analyse_only=args.analyse)
+    paths = expand_job(args.dataset, settings, out=args.out, progress=args.progress)
+    for role, p in paths.items():
+        print(f"{role:8s} {p}")
+    return 0
 
-    ds = read_dataset(args.dataset)
-    if ds.problems:
-        print(ds.summary(), file=sys.stderr)
-    a = analyse(ds, rare=args.rare, fraction=args.rare_fraction, progress=args.progress)
-    print(format_table(a))
-    out = Path(args.out) if args.out else None
-    if args.analyse:
-        for role, p in write_analysis(a, out or Path(ds.root), overwrite=True).items():
-            print(f"{role:8s} {p}")
-        return 0
-    plan = make_plan(ds, a, Target.parse(args.target), budget=args.budget, seed=args.seed, size_mm=args.size)
-    print(plan.format(a))
-    if args.dry_run:
-        return 0
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    barrier = None
-    if world > 1:
-        import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        barrier = dist.barrier
-    res = expand(ds, plan, out=out, rank=rank, world=world, barrier=barrier, progress=args.progress)
-    if rank == 0:
-        from synthgen.expand.analysis import write_expansion_summary
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from synthgen.config import load_config
+    from synthgen.expand.evaluate import EvalConfig
+    from synthgen.expand.job import evaluate_job
 
-        summary = write_expansion_summary(a, plan.to_dict(), plan.counts, res.root)
-        print(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
-        print(f"manifest {res.manifest}")
-        print(f"index    {res.index}")
-        print(f"summary  {summary['summary']}  {summary['chart']}")
+    flags = {"seeds": args.seeds, "steps": args.steps, "rare": args.rare}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    cfg = load_config(EvalConfig, paths=args.config, overrides=overrides)
+    if args.task is not None:
+        from synthgen.expand.dataset import read_dataset
+
+        if read_dataset(args.dataset, check_grids=False).task != args.task:
+            raise InputError(f"--task {args.task}: {args.dataset} is not a {args.task} dataset")
+    paths = evaluate_job(args.dataset, cfg, args.out, expanded=args.expanded,
+                         overwrite=args.overwrite, progress=args.progress)
+    for role, p in paths.items():
+        print(f"{role:10s} {p}")
     return 0
 
 
@@ -460,9 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=float, default=None, metavar="MM",
                    help="lesion diameter (default: matched to the real lesions of the class)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hold-out", action="store_true",
+                   help="plan on the fixed training split only, so `synthgen evaluate`'s val/test scans host nothing")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--out", default=None, help="write an expanded copy here (default: into the dataset folder)")
     p.set_defaults(func=_cmd_expand)
+
+    p = sub.add_parser("evaluate", help="train a downstream model with and without the synthetic cases; report")
+    p.add_argument("dataset", help="the real dataset (as for expand)")
+    p.add_argument("--expanded", default=None,
+                   help="folder holding the synthetic cases and synthetic_manifest.jsonl (default: the dataset)")
+    p.add_argument("--task", choices=["seg", "cls"], default=None, help="check the dataset is this kind of task")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
+    p.add_argument("--rare", default=None, help="auto, or comma-separated class names to judge")
+    p.add_argument("--config", action="append", default=[], help="EvalConfig YAML (configs/evaluate.yaml)")
+    p.add_argument("--out", default="synthgen_evaluation", help="output folder (evaluation.json, report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation in --out")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. arms=[real,weighted]")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")

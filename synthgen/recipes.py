@@ -21,7 +21,8 @@ from synthgen.errors import InputError
 @dataclasses.dataclass
 class StepConfig:
     """One step: a registered ``task``, its config files and overrides, and its input files
-    (tasks that read a scan take ``inputs: [CT, LABELS]``; none means the example CT)."""
+    (tasks that read a scan take ``inputs: [CT, LABELS]``; none means the example CT).
+    An input ``@STEP/ROLE`` is the file or folder an earlier step returned under ROLE."""
 
     task: str = "???"
     name: str | None = None
@@ -143,6 +144,65 @@ def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pa
     return paths
 
 
+@task("xray_dataset")
+def _xray_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """A CT segmentation dataset (``inputs: [DATASET]``) as a 2D X-ray (DRR) dataset with projected labels:
+    configs/xray_dataset.yaml schema (`synthgen.expand.xray.XRayDatasetConfig`)."""
+    from synthgen.config import load_config
+    from synthgen.expand.xray import XRayDatasetConfig, xray_dataset
+
+    if len(step.inputs) != 1:
+        raise InputError(f"step {step.name or step.task}: inputs must be [DATASET] (nnU-Net/MSD folder, "
+                         f"datalist .json or .csv), got {step.inputs}")
+    cfg = load_config(XRayDatasetConfig, paths=step.config, overrides=step.overrides)
+    res = xray_dataset(step.inputs[0], out, config=cfg, progress=False, overwrite=overwrite)
+    return {"dataset": res.root, "manifest": res.manifest, "preview": res.preview}
+
+
+@task("demo_dataset")
+def _demo_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """The shipped demo segmentation set (liver cysts common, tumours rare) built from the example CT:
+    configs/demo_dataset.yaml schema (`synthgen.expand.demo.DemoConfig`)."""
+    from synthgen.config import load_config
+    from synthgen.expand.demo import DemoConfig, write_demo_dataset
+
+    cfg = load_config(DemoConfig, paths=step.config, overrides=step.overrides)
+    return {"dataset": write_demo_dataset(out, cfg, overwrite=overwrite, progress=False)}
+
+
+@task("expand")
+def _expand_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """``inputs: [DATASET]`` expanded into a copy in the step's folder (the input is never written):
+    `synthgen.expand.job.ExpandSettings` schema (configs/expand.yaml)."""
+    from synthgen.config import load_config
+    from synthgen.expand.job import ExpandSettings, expand_job
+
+    if len(step.inputs) != 1:
+        raise InputError(f"step {step.name or step.task}: inputs must be [DATASET], got {step.inputs}")
+    cfg = load_config(ExpandSettings, paths=step.config, overrides=step.overrides)
+    target = out / Path(step.inputs[0]).name
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise InputError(f"{target} already exists; choose another --out or pass --overwrite")
+    return expand_job(step.inputs[0], cfg, out=target, log=lambda _: None, progress=False)
+
+
+@task("evaluate")
+def _evaluate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """``inputs: [DATASET, EXPANDED, *DRR_PNGS]``: downstream training per arm and seed, the evaluation
+    table and the HTML report: `synthgen.expand.evaluate.EvalConfig` schema (configs/evaluate.yaml)."""
+    from synthgen.config import load_config
+    from synthgen.expand.evaluate import EvalConfig
+    from synthgen.expand.job import evaluate_job
+
+    if len(step.inputs) < 1:
+        raise InputError(f"step {step.name or step.task}: inputs must be [DATASET, EXPANDED, ...], got none")
+    cfg = load_config(EvalConfig, paths=step.config, overrides=step.overrides)
+    expanded = step.inputs[1] if len(step.inputs) > 1 else None
+    drr = [Path(p) for p in step.inputs[2:]]
+    return evaluate_job(step.inputs[0], cfg, out, expanded=expanded, drr_images=drr or None, overwrite=overwrite,
+                        log=lambda _: None, progress=False)
+
+
 @functools.lru_cache(maxsize=1)
 def _example():
     """The example CT, read once however many steps of a run use it (steps never modify inputs)."""
@@ -165,6 +225,18 @@ def _scan(step: StepConfig):
     if len(step.inputs) == 2:
         return (*read_pair(*step.inputs), step.inputs)
     return read(step.inputs[0]), None, step.inputs
+
+
+def _resolve_input(x: str, results: dict[str, dict[str, Path]], name: str) -> str:
+    """``@STEP/ROLE`` -> the path step STEP returned under ROLE; anything else is a path as given."""
+    if not x.startswith("@"):
+        return x
+    ref, _, role = x[1:].partition("/")
+    if ref not in results:
+        raise InputError(f"step {name}: input {x!r} names no earlier step (earlier: {', '.join(results) or 'none'})")
+    if role not in results[ref]:
+        raise InputError(f"step {name}: step {ref} has no output {role!r} (outputs: {', '.join(results[ref])})")
+    return str(results[ref][role])
 
 
 def known_tasks() -> list[str]:
@@ -201,6 +273,7 @@ def run_recipe(
     results: dict[str, dict[str, Path]] = {}
     for step in tqdm(recipe.steps, desc=f"recipe {recipe.name}", unit="step", disable=not progress):
         name = step.name or step.task
+        step = dataclasses.replace(step, inputs=[_resolve_input(x, results, name) for x in step.inputs])
         results[name] = _TASKS[step.task](step, out / name, overwrite)
     save_config(recipe, out / "recipe.yaml", overwrite=overwrite)
     record: dict[str, Any] = make_record(

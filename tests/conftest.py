@@ -79,3 +79,41 @@ def example():
         return example_ct()
     except InputError as e:  # pragma: no cover - depends on the test extra
         pytest.skip(str(e))
+
+
+#: Classes of the toy segmentation datasets the expander tests build.
+TOY_CLASSES = {0: "background", 1: "liver", 2: "kidney", 3: "liver_tumor"}
+
+
+def toy_case(seed: int, tumour: bool, offset=(0, 0, 0)):
+    """A small phantom (8 mm) relabelled to `TOY_CLASSES`; ``tumour`` adds a 3x3x3 tumour in the liver,
+    ``offset`` voxels from its centre."""
+    from synthgen.data import phantom
+
+    ct, lab = phantom(shape=(40, 32, 36), spacing=(8, 8, 8), seed=seed)
+    v = lab.vocab
+    src = lab.numpy()
+    arr = np.zeros(src.shape, np.uint8)
+    arr[src == v.id("liver")] = 1
+    arr[np.isin(src, v.ids("kidney"))] = 2
+    if tumour:
+        c = np.argwhere(arr == 1).mean(0).round().astype(int) + np.asarray(offset)
+        arr[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2] - 1:c[2] + 2] = 3
+    return ct, lab.replace(array=arr, vocab=None)
+
+
+def write_toy_case(root, k: int, ct, lab, name: str | None = None) -> None:
+    """Case ``k`` in nnU-Net layout under ``root`` (``toy_<k>_0000.nii.gz`` + ``toy_<k>.nii.gz``)."""
+    from synthgen.io import write
+
+    name = name or f"toy_{k:03d}"
+    write(ct, root / "imagesTr" / f"{name}_0000.nii.gz")
+    write(lab, root / "labelsTr" / f"{name}.nii.gz")
+
+
+def write_toy_json(root, n: int) -> None:
+    import json
+
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in TOY_CLASSES.items()}, "numTraining": n,
+        "file_ending": ".nii.gz"}))

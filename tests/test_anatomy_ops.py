@@ -25,7 +25,6 @@ from synthgen.volume import Volume
 from tests.conftest import AFFINES, LOBES
 
 
-
 def world_points(v: Volume) -> np.ndarray:
     """(I, J, K, 3) world coordinates (mm) of every voxel centre of ``v``."""
     return v.voxel_to_world(np.stack(np.indices(v.shape), axis=-1))

@@ -33,11 +33,11 @@ import torch
 
 pytest.importorskip("diffdrr.renderers")
 
-from diffdrr.renderers import Siddon, Trilinear  # noqa: E402
+from diffdrr.renderers import Siddon, Trilinear
 
-from synthgen.drr.geometry import Projection, c_arm, named_view, rays  # noqa: E402
-from synthgen.drr.physics import hu_to_mu_per_mm  # noqa: E402
-from synthgen.drr.raycast import project_volume  # noqa: E402
+from synthgen.drr.geometry import Projection, c_arm, named_view, rays
+from synthgen.drr.physics import hu_to_mu_per_mm
+from synthgen.drr.raycast import project_volume
 
 #: The issue's agreement threshold (relative L2) between synthgen and DiffDRR.
 PEER_REL_L2 = 0.02

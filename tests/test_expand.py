@@ -8,38 +8,21 @@ import json
 import numpy as np
 import pytest
 
-from synthgen.data import phantom
 from synthgen.errors import InputError
 from synthgen.expand.analysis import analyse, format_table, write_analysis
 from synthgen.expand.dataset import read_dataset
 from synthgen.io import write
-
-CLASSES = {0: "background", 1: "liver", 2: "kidney", 3: "liver_tumor"}
-
-
-def _case(seed: int, tumour: bool):
-    ct, lab = phantom(shape=(40, 32, 36), spacing=(8, 8, 8), seed=seed)
-    v = lab.vocab
-    src = lab.numpy()
-    arr = np.zeros(src.shape, np.uint8)
-    arr[src == v.id("liver")] = 1
-    arr[np.isin(src, v.ids("kidney"))] = 2
-    if tumour:
-        c = np.argwhere(arr == 1).mean(0).round().astype(int)
-        arr[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2] - 1:c[2] + 2] = 3
-    return ct, lab.replace(array=arr, vocab=None)
+from tests.conftest import TOY_CLASSES as CLASSES
+from tests.conftest import toy_case as _case
+from tests.conftest import write_toy_case, write_toy_json
 
 
 @pytest.fixture(scope="module")
 def nnunet(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds") / "Dataset042_Toy"
     for k in range(5):
-        ct, lab = _case(k, tumour=k == 0)
-        write(ct, root / "imagesTr" / f"toy_{k:03d}_0000.nii.gz")
-        write(lab, root / "labelsTr" / f"toy_{k:03d}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in CLASSES.items()}, "numTraining": 5,
-        "file_ending": ".nii.gz"}))
+        write_toy_case(root, k, *_case(k, tumour=k == 0))
+    write_toy_json(root, 5)
     return root
 
 

@@ -78,7 +78,7 @@ def test_every_source_key_is_explained_in_the_readme():
     keys = {k for (t, o, p) in supported_appearances() for k in appearance(t, o, p).source.split("+")}
     assert keys
     for key in keys:
-        assert re.search(rf"^- `{key}`: \w", readme, flags=re.M), key
+        assert re.search(rf"^- `{key}`: \w", readme, flags=re.MULTILINE), key
 
 
 @pytest.mark.parametrize(

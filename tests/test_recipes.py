@@ -60,7 +60,7 @@ def test_quickstart_recipe_end_to_end(tmp_path, example, capsys):
     ("text", "message"),
     [
         ("name: x\nsteps: []\n", "recipe has no steps"),
-        ("name: x\nsteps:\n  - {task: teleport}\n", "step 1 has unknown task 'teleport'; known: describe_example"),
+        ("name: x\nsteps:\n  - {task: teleport}\n", "step 1 has unknown task 'teleport'; known: demo_dataset, describe_example"),
         ("name: x\nsteps:\n  - {task: phantom}\n  - {task: phantom}\n", "step names must be unique"),
         ("name: x\nsteps:\n  - {task: phantom, colour: red}\n", "Key 'colour' not in 'StepConfig'"),
     ],
@@ -74,3 +74,42 @@ def test_bad_recipes(tmp_path, text, message):
 
 def test_known_tasks_listed():
     assert {"phantom", "describe_example"} <= set(known_tasks())
+
+
+@pytest.mark.parametrize("name", ["demo", "rare_lesion_boost", "xray_from_ct"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(f"pipelines/{name}.yaml")
+    assert recipe.steps and all(s.task in known_tasks() for s in recipe.steps)
+
+
+def test_expander_recipe_chains_steps_by_reference(tmp_path):
+    """demo dataset -> expand (a copy; the input untouched) -> X-ray dataset -> evaluate + report, tiny."""
+    from synthgen.io.record import sha256_file
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: tiny\nsteps:\n"
+        "  - {task: demo_dataset, config: [configs/demo_dataset.yaml], overrides: [cases=8, tumour_cases=3,"
+        " 'size=[24,24,20]', spacing=6.0, 'cyst_mm=[14,24]']}\n"
+        "  - {task: expand, inputs: ['@demo_dataset/dataset'], config: [configs/expand.yaml]}\n"
+        "  - {task: xray_dataset, inputs: ['@expand/dataset'], config: [configs/xray_dataset.yaml],"
+        " overrides: ['size=[64,64]', 'views=[PA]']}\n"
+        "  - {task: evaluate, inputs: ['@demo_dataset/dataset', '@expand/dataset', '@xray_dataset/preview'],"
+        " config: [configs/evaluate.yaml], overrides: [seeds=1, steps=2, val_every=1, batch=1,"
+        " 'patch=[16,16,16]', 'channels=[4,8]']}\n"
+    )
+    out = tmp_path / "out"
+    res = run_recipe(recipe, out, progress=False)
+    src = res["demo_dataset"]["dataset"]
+    before = {p: sha256_file(p) for p in src.rglob("*") if p.is_file()}
+    assert res["expand"]["dataset"] == out / "expand" / src.name
+    assert not list(src.glob("*/synth_*")) and (res["expand"]["dataset"] / "synthetic_manifest.jsonl").is_file()
+    assert {p: sha256_file(p) for p in src.rglob("*") if p.is_file()} == before
+    doc = json.loads(res["evaluate"]["evaluation"].read_text())
+    assert doc["split"]["synthetic"] > 0 and set(doc["arms"]) == {"real", "weighted", "real+synthetic"}
+    html = res["evaluate"]["report"].read_text()
+    assert "preview.png" in html and "liver_tumor" in html
+    with pytest.raises(InputError, match="names no earlier step"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: b\nsteps:\n  - {task: expand, inputs: ['@nowhere/dataset']}\n")
+        run_recipe(bad, tmp_path / "o2", progress=False)

@@ -15,7 +15,6 @@ from synthgen.volume import Volume
 from tests.conftest import LOBES
 
 
-
 @pytest.fixture(scope="module")
 def vocab() -> Vocabulary:
     return Vocabulary.default()

@@ -76,7 +76,7 @@ def test_resample_keeps_field_of_view_and_linear_values():
     v0 = Volume(np.zeros(shape, np.float32), a)
     world = v0.voxel_to_world(np.indices(shape).reshape(3, -1).T)
     # A linear function of world position is reproduced exactly by trilinear interpolation.
-    f = lambda p: 2.0 * p[..., 0] - 0.5 * p[..., 1] + 0.25 * p[..., 2]  # noqa: E731
+    f = lambda p: 2.0 * p[..., 0] - 0.5 * p[..., 1] + 0.25 * p[..., 2]
     v = v0.with_array(f(world).reshape(shape).astype(np.float32))
     r = v.resample(0.5)
     assert r.shape == (40, 32, 40)

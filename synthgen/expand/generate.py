@@ -82,7 +82,8 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
 
     host = next(it for it in ds.items if it.id == item.host)
     ct, labels = read_pair(host.image, host.label, vocab=_vocab(ds))
-    spec = LesionSpec(type=item.lesion_type, organ=item.organ, diameter_mm=item.diameter_mm, seed=item.seed)
+    spec = LesionSpec(type=item.lesion_type, organ=item.organ, diameter_mm=item.diameter_mm, seed=item.seed,
+                      phase=item.phase)
     res = insert_lesions(ct, labels, spec)
     value = next(i for i, n in ds.classes.items() if n == item.class_name)
     lab = np.asarray(res.labels.numpy()).copy()
@@ -99,7 +100,7 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
         "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
         "generator_version": f"synthgen {__version__}", "seed": item.seed,
         "parameters": {"lesion_type": item.lesion_type, "organ": item.organ, "diameter_mm": item.diameter_mm,
-                       "plan_seed": None},
+                       "phase": item.phase, "plan_seed": None},
         "host": item.host,
         "inputs": {"image_sha256": _sha256(host.image), "label_sha256": _sha256(host.label)},
         "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),

@@ -66,6 +66,7 @@ class PlanItem:
     organ: str  # dataset class name of the host organ
     diameter_mm: float
     seed: int
+    phase: str = "auto"  # appearance-table phase matched to the real lesions of the class
 
     @property
     def name(self) -> str:
@@ -160,6 +161,30 @@ def _host_class(organ: str, ds: Dataset) -> str | None:
     return next((n for n in names if n == family or n.startswith(family + "_")), None)
 
 
+def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases: int = 8) -> tuple[str, str]:
+    """The contrast phase whose table attenuation for ``lesion_type`` in ``organ`` is nearest the
+    median HU of the class's real lesions (up to ``max_cases`` cases read); ("auto", why) without any."""
+    from synthgen.io import read
+    from synthgen.lesions.appearance import PHASES, appearance
+    from synthgen.lesions.spec import organ_family
+
+    value = next(v for v, n in ds.classes.items() if n == stats.name)
+    by_id = {it.id: it for it in ds.items}
+    hu: list[np.ndarray] = []
+    for cid in stats.cases[:max_cases]:
+        it = by_id[cid]
+        lab = np.asarray(read(it.label, kind="label").numpy())
+        hu.append(np.asarray(read(it.image).numpy())[lab == value])
+    if not hu or not sum(h.size for h in hu):
+        return "auto", f"{stats.name}: no real lesion to match the appearance to; phase estimated per host"
+    measured = float(np.median(np.concatenate(hu)))
+    family = organ_family(organ)
+    table = {ph: appearance(lesion_type, family, ph).mean_hu for ph in PHASES}
+    phase = min(table, key=lambda ph: abs(table[ph] - measured))
+    return phase, (f"{stats.name}: real lesions {measured:.0f} HU (median, {len(hu)} cases) -> {phase} "
+                   f"appearance ({table[phase]:.0f} HU)")
+
+
 def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | None = None, seed: int = 0,
               size_mm: float | None = None) -> Plan:
     """Plan the synthetic items; raises InputError when a rare class cannot be generated."""
@@ -189,6 +214,8 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
         real = stats[name].lesion_diameters_mm
         if size_mm is None and not real:
             notes.append(f"{name}: no real lesion to match sizes to; using 20 mm")
+        phase, why = matched_phase(ds, stats[name], ltype, host_cls)
+        notes.append(why)
         order = rng.permutation(len(hosts))
         for k in range(n):
             idx = len(items)
@@ -201,7 +228,7 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
                 d = 20.0
             items.append(PlanItem(index=idx, class_name=name, generator="lesion_insert",
                                   host=hosts[int(order[k % len(hosts)])], lesion_type=ltype, organ=host_cls,
-                                  diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31))))
+                                  diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31)), phase=phase))
     if limited:
         notes.append(f"budget {budget}: counts scaled down from {sum(synthetic_counts(analysis, target).values())}")
     return Plan(target=target, counts=counts, items=items, budget_limited=limited, notes=notes, seed=seed)

@@ -1,0 +1,107 @@
+"""The expander's jobs, as the CLI and recipes call them: expand a dataset, evaluate it, report.
+
+`expand_job` and `evaluate_job` take plain settings and a ``log`` callable for the lines the
+user reads; they return the paths they wrote. The CLI (`synthgen expand`, `synthgen evaluate`)
+and the recipe tasks (``expand``, ``evaluate``) are thin wrappers around them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from synthgen.errors import InputError
+
+
+@dataclasses.dataclass
+class ExpandSettings:
+    """`synthgen expand` options (also the ``expand`` recipe step's config)."""
+
+    rare: str = "auto"
+    rare_fraction: float = 0.5
+    target: str = "balance"
+    budget: int | None = None
+    size: float | None = None
+    seed: int = 0
+    hold_out: bool = False
+    dry_run: bool = False
+    analyse_only: bool = False
+
+
+def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path | None = None,
+               log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
+    from synthgen.expand.analysis import analyse, format_table, write_analysis, write_expansion_summary
+    from synthgen.expand.dataset import read_dataset
+    from synthgen.expand.generate import expand
+    from synthgen.expand.plan import Target, make_plan
+
+    ds = read_dataset(dataset)
+    if ds.problems:
+        log(ds.summary())
+    a = analyse(ds, rare=settings.rare, fraction=settings.rare_fraction, progress=progress)
+    plan_ds = ds
+    if settings.hold_out:
+        from synthgen.expand.split import training_part
+
+        plan_ds = training_part(ds, a)
+        log(f"--hold-out: planning on the {len(plan_ds.items)} training-split cases of {len(ds.items)} "
+            "(validation/test scans are never hosts)")
+        a = analyse(plan_ds, rare=settings.rare, fraction=settings.rare_fraction, progress=progress)
+    log(format_table(a))
+    out_path = Path(out) if out is not None else None
+    if settings.analyse_only:
+        return write_analysis(a, out_path or Path(ds.root), overwrite=True)
+    plan = make_plan(plan_ds, a, Target.parse(settings.target), budget=settings.budget, seed=settings.seed,
+                     size_mm=settings.size)
+    log(plan.format(a))
+    if settings.dry_run:
+        return {}
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    barrier = None
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        barrier = dist.barrier
+    res = expand(ds, plan, out=out_path, rank=rank, world=world, barrier=barrier, progress=progress)
+    paths: dict[str, Path] = {"dataset": res.root}
+    if rank == 0:
+        summary = write_expansion_summary(a, plan.to_dict(), plan.counts, res.root)
+        log(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
+        paths.update(manifest=res.manifest, index=res.index, **summary)
+    return paths
+
+
+def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | Path | None = None,
+                 title: str | None = None, drr_images: list[Path] | None = None,
+                 overwrite: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
+    """Train the arms, write ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out``."""
+    from synthgen.expand.dataset import read_dataset
+    from synthgen.expand.evaluate import evaluate, format_evaluation, write_evaluation
+    from synthgen.expand.generate import MANIFEST
+    from synthgen.report.expand_report import write_report
+
+    out = Path(out)
+    ds = read_dataset(dataset)
+    if ds.problems:
+        log(ds.summary())
+    root = Path(expanded) if expanded is not None else ds.root
+    if "real+synthetic" in cfg.arms and not (root / MANIFEST).exists():
+        raise InputError(f"{root}: no {MANIFEST}; run `synthgen expand` first, pass --expanded DIR, "
+                         "or leave the real+synthetic arm out (arms=[real,weighted])")
+    doc = evaluate(ds, expanded=expanded, cfg=cfg, progress=progress)
+    log(format_evaluation(doc))
+    paths = write_evaluation(doc, out, overwrite=overwrite)
+    summary_path = root / "synthgen_expand.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    manifest = [json.loads(x) for x in (root / MANIFEST).read_text().splitlines()] \
+        if (root / MANIFEST).exists() else None
+    paths["report"] = write_report(out, title=title or f"synthgen expansion of {Path(ds.root).name}",
+                                   summary=summary, manifest=manifest, root=root, evaluation=doc,
+                                   drr_images=drr_images, overwrite=overwrite)
+    log(f"report   {paths['report']}")
+    return paths

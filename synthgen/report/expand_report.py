@@ -1,0 +1,620 @@
+"""A static HTML report of a dataset expansion: ``report.html`` + PNGs in ``report_files/``.
+
+Sections (each optional; a missing input is said so in one line on the page):
+
+1. classes before / after (from ``synthgen_expand.json``): table, bar chart, and per rare class a
+   histogram of lesion diameters, real vs synthetic (from the manifest, else the plan);
+2. the plan: target, counts, notes and its first items;
+3. a gallery of synthetic cases (axial | coronal | sagittal through the lesion centre, labels
+   outlined) plus any DRR PNGs given;
+4. the downstream evaluation (``evaluation.json``): metric tables (mean ± std over seeds),
+   deltas, verdict, split sizes and validation learning curves.
+
+The page needs no server, no JavaScript and no network: every image is a relative link into
+``report_files/``; every text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from synthgen.errors import InputError
+
+HTML_NAME = "report.html"
+FILES_DIR = "report_files"
+#: Plan items listed in the plan table.
+PLAN_ROWS = 20
+#: Line colours of the charts: arms of the evaluation, real / synthetic in histograms.
+PALETTE = [(60, 100, 180), (230, 130, 30), (50, 160, 80), (200, 50, 60), (130, 90, 180), (120, 120, 120)]
+LESION_RGB = (255, 60, 60)
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1150px;
+ padding:0 16px;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ccd;padding-bottom:3px;margin-top:1.8em}
+h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}
+th,td{border:1px solid #bbb;padding:3px 9px;text-align:right}th{background:#eef0f6}
+td:first-child,th:first-child{text-align:left}
+tr.rare td{background:#fff3f0}.tag{color:#c0282d;font-weight:600;font-size:.85em}
+.skip{color:#777;font-style:italic}.pos{color:#1a7f37}.neg{color:#c0282d}
+.verdict{border-left:4px solid #3c64b4;background:#f2f5fb;padding:6px 12px;margin:.6em 0}
+figure{display:inline-block;margin:8px 14px 14px 0;vertical-align:top}
+figcaption{font-size:.85em;color:#444;max-width:760px}img{max-width:100%;border:1px solid #ddd}
+nav a{margin-right:14px}code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    summary: dict | None = None,
+    manifest: list[dict] | None = None,
+    root: str | Path | None = None,
+    evaluation: dict | None = None,
+    drr_images: Sequence[str | Path] | None = None,
+    max_gallery: int = 6,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir/report.html`` (and its PNGs in ``out_dir/report_files/``); returns the html path.
+
+    Args:
+        summary: content of ``synthgen_expand.json`` (keys ``before``, ``plan``, ``cases_after``).
+        manifest: lines of ``synthetic_manifest.jsonl``; their ``outputs`` paths are relative to ``root``.
+        root: the expanded dataset folder (needed for the gallery unless ``max_gallery`` is 0).
+        evaluation: content of ``evaluation.json``.
+        drr_images: existing PNG files, copied into the report and shown.
+        max_gallery: synthetic cases shown in the gallery (round-robin over classes).
+        overwrite: replace an existing report; otherwise an existing one is an error.
+
+    Raises:
+        InputError: malformed inputs, a missing file, or an existing report without ``overwrite``.
+    """
+    from synthgen.errors import OverwriteError
+    from synthgen.io.atomic import atomic_dir, write_text
+
+    drr = _check_inputs(title, summary, manifest, root, evaluation, drr_images, max_gallery)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; expected the report's output folder")
+    page, files = out / HTML_NAME, out / FILES_DIR
+    if not overwrite:
+        for p in (page, files):
+            if p.exists() and (p.is_file() or any(p.iterdir())):
+                raise OverwriteError(f"{p}: already exists; refusing to overwrite the report (pass overwrite=True)")
+    with atomic_dir(files, overwrite=overwrite) as tmp:
+        body = [_classes_section(summary, manifest, tmp), _plan_section(summary),
+                _gallery_section(manifest, root, summary, drr, max_gallery, tmp), _evaluation_section(evaluation, tmp)]
+        doc = _page(title, body)
+    write_text(page, doc, overwrite=True)  # the existence check above already honoured `overwrite`
+    return page
+
+
+# ------------------------------------------------------------------ inputs
+def _check_inputs(title, summary, manifest, root, evaluation, drr_images, max_gallery) -> list[Path]:
+    if not isinstance(title, str):
+        raise InputError(f"title must be a string, got {type(title).__name__}")
+    if isinstance(max_gallery, bool) or not isinstance(max_gallery, int) or max_gallery < 0:
+        raise InputError(f"max_gallery must be an integer >= 0, got {max_gallery!r}")
+    if summary is not None and not (isinstance(summary, dict) and isinstance(summary.get("before"), dict)):
+        keys = sorted(summary) if isinstance(summary, dict) else type(summary).__name__
+        raise InputError(f"summary must be the content of synthgen_expand.json (keys before, plan, cases_after), got {keys}")
+    if manifest is not None:
+        if not isinstance(manifest, list) or not all(isinstance(m, dict) for m in manifest):
+            raise InputError("manifest must be a list of dicts (the lines of synthetic_manifest.jsonl)")
+        relative = any(not Path((m.get("outputs") or {}).get("image") or "/").is_absolute() for m in manifest)
+        if max_gallery and manifest and relative and root is None:
+            raise InputError("the manifest's image paths are relative to the expanded dataset folder: pass root= "
+                             "(or max_gallery=0 for no gallery)")
+    if evaluation is not None and not (isinstance(evaluation, dict) and isinstance(evaluation.get("arms"), dict)
+                                       and all(isinstance(a, dict) for a in evaluation["arms"].values())):
+        keys = sorted(evaluation) if isinstance(evaluation, dict) else type(evaluation).__name__
+        raise InputError(f"evaluation must be the content of evaluation.json (an 'arms' dict of dicts), got {keys}")
+    drr = [Path(p) for p in drr_images or []]
+    for p in drr:
+        if not p.is_file():
+            raise InputError(f"{p}: DRR image not found")
+        with open(p, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise InputError(f"{p}: not a PNG file; DRR images must be PNGs")
+    return drr
+
+
+# ------------------------------------------------------------------ html helpers
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _skip(what: str) -> str:
+    return f'<p class="skip">{_e(what)}</p>'
+
+
+def _img(name: str, alt: str) -> str:
+    return f'<img src="{_e(FILES_DIR + "/" + quote(name))}" alt="{_e(alt)}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], rare_rows: Sequence[bool] = ()) -> str:
+    """Rows are already-escaped HTML cells; ``rare_rows`` marks rows with class ``rare``."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for k, r in enumerate(rows):
+        cls = ' class="rare"' if k < len(rare_rows) and rare_rows[k] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _name_cell(name: str, rare: bool) -> str:
+    return _e(name) + (' <span class="tag">RARE</span>' if rare else "")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text))[:60] or "x"
+
+
+def _page(title: str, sections: list[str]) -> str:
+    from synthgen import __version__
+
+    nav = " ".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in (("classes", "Classes"), ("plan", "Plan"),
+                                                               ("gallery", "Gallery"), ("evaluation", "Evaluation")))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+            f"<style>{_STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n"
+            f'<p>Dataset expansion report, written by synthgen {_e(__version__)}. Synthetic cases are marked as '
+            f"such in their files and in the manifest.</p>\n<nav>{nav}</nav>\n" + "\n".join(sections)
+            + "\n</body></html>\n")
+
+
+# ------------------------------------------------------------------ 1. classes
+def _classes_section(summary: dict | None, manifest: list[dict] | None, files: Path) -> str:
+    from synthgen.expand.analysis import bar_chart
+    from synthgen.report.montage import save_png
+
+    out = ['<h2 id="classes">Classes before / after</h2>']
+    if summary is None:
+        return "\n".join(out + [_skip("No expansion summary (synthgen_expand.json) given; section skipped.")])
+    before = summary["before"]
+    classes = before.get("classes", [])
+    rare = set(before.get("rare", []))
+    after = summary.get("cases_after", {})
+    out.append(f"<p>{_e(before.get('n_items', '?'))} real items, task <code>{_e(before.get('task', '?'))}</code>; "
+               f"rare rule: {_e(before.get('rule', '?'))}.</p>")
+    rows, marks = [], []
+    for c in classes:
+        n0 = int(c.get("n_cases", len(c.get("cases", []))))
+        n1 = int(after.get(c["name"], n0))
+        d = c.get("lesion_diameters_mm") or []
+        size = f"{np.median(d):.0f} ({min(d):.0f}–{max(d):.0f})" if d else "–"
+        rows.append([_name_cell(c["name"], c["name"] in rare), _e(c.get("value", "–")), str(n0), f"+{n1 - n0}",
+                     str(n1), str(len(d)) if d else "–", _e(size), f"{float(c.get('volume_ml', 0)):.1f}"])
+        marks.append(c["name"] in rare)
+    out.append(_table(["class", "label", "cases before", "synthetic", "cases after", "real lesions",
+                       "diameter mm: median (range)", "volume ml"], rows, marks))
+    chart = bar_chart({c["name"]: [int(c.get("n_cases", len(c.get("cases", [])))),
+                                   int(after.get(c["name"], c.get("n_cases", 0)))] for c in classes},
+                      series=["before", "after"], highlight=sorted(rare),
+                      title="cases per class before / after expansion (rare classes in red)")
+    save_png(chart, files / "classes_before_after.png")
+    out.append(f"<figure>{_img('classes_before_after.png', 'cases per class before and after')}"
+               "<figcaption>Cases containing each class, before and after expansion.</figcaption></figure>")
+    out.append("<h3>Lesion diameters of the rare classes, real vs synthetic</h3>")
+    out += _diameter_figures(classes, rare, summary, manifest, files)
+    return "\n".join(out)
+
+
+def _synthetic_diameters(name: str, summary: dict, manifest: list[dict] | None) -> tuple[list[float], str]:
+    if manifest is not None:
+        ds = []
+        for m in manifest:
+            if m.get("class") == name:
+                d = (m.get("lesion") or {}).get("diameter_mm", (m.get("parameters") or {}).get("diameter_mm"))
+                if d is not None:
+                    ds.append(float(d))
+        return ds, "synthetic"
+    items = (summary.get("plan") or {}).get("items", [])
+    return [float(i["diameter_mm"]) for i in items if i.get("class_name") == name], "synthetic (planned)"
+
+
+def _diameter_figures(classes, rare, summary, manifest, files: Path) -> list[str]:
+    from synthgen.report.montage import save_png
+
+    out = []
+    if summary["before"].get("task") != "seg":
+        return [_skip("Classification dataset: no lesion sizes to compare.")]
+    if not rare:
+        return [_skip("No rare class in this dataset.")]
+    for k, c in enumerate(c for c in classes if c["name"] in rare):
+        real = [float(x) for x in c.get("lesion_diameters_mm") or []]
+        synth, label = _synthetic_diameters(c["name"], summary, manifest)
+        if not real and not synth:
+            out.append(_skip(f"{c['name']}: no real or synthetic lesion sizes recorded."))
+            continue
+        name = f"diameters_{k}_{_slug(c['name'])}.png"
+        save_png(histogram({f"real (n={len(real)})": real, f"{label} (n={len(synth)})": synth},
+                           title=f"{c['name']}: lesion diameter", xlabel="diameter (mm)"), files / name)
+        note = "" if manifest is not None else " No manifest given: synthetic sizes are the planned ones."
+        out.append(f"<figure>{_img(name, c['name'] + ' lesion diameters')}<figcaption>{_e(c['name'])}: "
+                   f"sphere-equivalent diameters of the real lesions vs the synthetic ones.{_e(note)}</figcaption>"
+                   "</figure>")
+    return out
+
+
+# ------------------------------------------------------------------ 2. plan
+def _plan_section(summary: dict | None) -> str:
+    out = ['<h2 id="plan">Plan</h2>']
+    plan = (summary or {}).get("plan")
+    if not plan:
+        return "\n".join(out + [_skip("No plan given (summary missing or without a plan); section skipped.")])
+    t = plan.get("target", {})
+    target = t.get("kind", "?") + ("" if t.get("kind") == "balance" else f"={t.get('value', 0):g}")
+    items = plan.get("items", [])
+    budget = "yes: counts were scaled down to the budget" if plan.get("budget_limited") else "no"
+    out.append(f"<p>Target <code>{_e(target)}</code>, {len(items)} synthetic items, run seed "
+               f"{_e(plan.get('seed', '?'))}; budget-limited: {_e(budget)}.</p>")
+    have = {c["name"]: int(c.get("n_cases", 0)) for c in summary["before"].get("classes", [])}
+    rows = [[_e(k), str(have.get(k, "?")), f"+{v}", str(have.get(k, 0) + v)] for k, v in plan.get("counts", {}).items()]
+    out.append(_table(["rare class", "cases before", "synthetic", "cases after"], rows))
+    if plan.get("notes"):
+        out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in plan["notes"]) + "</ul>")
+    rows = [[_e(i.get("name", "")), _e(i.get("class_name", "")), _e(i.get("generator", "")), _e(i.get("host", "")),
+             f"{float(i.get('diameter_mm', 0)):.1f}", _e(i.get("seed", ""))] for i in items[:PLAN_ROWS]]
+    if rows:
+        out.append(_table(["item", "class", "generator", "host", "diameter mm", "seed"], rows))
+    if len(items) > PLAN_ROWS:
+        out.append(f"<p>… and {len(items) - PLAN_ROWS} more items (see the summary JSON).</p>")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ 3. gallery
+def _gallery_section(manifest, root, summary, drr: list[Path], max_gallery: int, files: Path) -> str:
+    from synthgen.report.montage import save_png
+
+    out = ['<h2 id="gallery">Gallery</h2>']
+    if manifest is None:
+        out.append(_skip("No manifest (synthetic_manifest.jsonl) given; no synthetic cases shown."))
+    elif not manifest or max_gallery == 0:
+        out.append(_skip("No synthetic cases to show (empty manifest or max_gallery=0)."))
+    else:
+        values = {c["name"]: c.get("value") for c in ((summary or {}).get("before") or {}).get("classes", [])}
+        for k, m in enumerate(_pick(manifest, max_gallery)):
+            name = f"case_{k}_{_slug(m.get('name', k))}.png"
+            save_png(case_montage(m, root, label_value=values.get(m.get("class"))), files / name)
+            les = m.get("lesion") or {}
+            d = les.get("diameter_mm", (m.get("parameters") or {}).get("diameter_mm"))
+            cap = (f"{m.get('name', '?')} — class {m.get('class', '?')}, host {m.get('host', '?')}, "
+                   f"diameter {float(d):.1f} mm, seed {m.get('seed', '?')}" if d is not None else
+                   f"{m.get('name', '?')} — class {m.get('class', '?')}, host {m.get('host', '?')}, "
+                   f"seed {m.get('seed', '?')}")
+            out.append(f"<figure>{_img(name, m.get('name', 'synthetic case'))}<figcaption>{_e(cap)}"
+                       "</figcaption></figure>")
+        out.append("<p>Each case: axial | coronal | sagittal through the lesion centre (patient right on the "
+                   "image left), every label outlined, the lesion in red. Top: whole slices; bottom: a field of view "
+                   "four lesion diameters wide.</p>")
+    if drr:
+        out.append("<h3>DRRs</h3>")
+        for k, p in enumerate(drr):
+            name = f"drr_{k}_{_slug(p.stem)}.png"
+            shutil.copyfile(p, files / name)
+            out.append(f"<figure>{_img(name, p.name)}<figcaption>{_e(p.name)}</figcaption></figure>")
+    else:
+        out.append(_skip("No DRR images given."))
+    return "\n".join(out)
+
+
+def _pick(manifest: list[dict], n: int) -> list[dict]:
+    """Up to ``n`` lines, round-robin over classes (manifest order within a class)."""
+    by_class: dict[str, list[dict]] = {}
+    for m in manifest:
+        by_class.setdefault(str(m.get("class")), []).append(m)
+    out: list[dict] = []
+    queues = list(by_class.values())
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def outline_rgb(rgb: np.ndarray, ids: np.ndarray, *, colors: np.ndarray, highlight: int | None = None) -> np.ndarray:
+    """Draw the boundary of every non-zero region of the (H, W) id image ``ids`` onto ``rgb`` (H, W, 3):
+    a pixel is on a boundary when one of its 4 neighbours has another id. The boundary of region
+    ``highlight`` is drawn in red, two pixels wide (its edge and its neighbours' edge)."""
+    pad = np.pad(ids, 1, mode="edge")
+    edge = np.zeros(ids.shape, bool)
+    for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= pad[dr:dr + ids.shape[0], dc:dc + ids.shape[1]] != ids
+    edge &= ids > 0
+    out = rgb.copy()
+    out[edge] = colors[np.clip(ids[edge], 0, len(colors) - 1)]
+    if highlight is not None:  # 2 px: the lesion's own boundary and the ring just outside it
+        m = np.pad(ids == highlight, 1)
+        near = m[:-2, 1:-1] | m[2:, 1:-1] | m[1:-1, :-2] | m[1:-1, 2:] | m[1:-1, 1:-1]
+        out[edge & near] = LESION_RGB
+    return out
+
+
+def case_montage(line: dict, root: str | Path | None, *, label_value: int | None = None,
+                 height: int = 220) -> np.ndarray:
+    """RGB uint8 montage of one manifest line: axial | coronal | sagittal through the lesion centre, whole
+    slices (top row) over a field of view four lesion diameters wide (bottom row); labels outlined."""
+    from synthgen.io import read_pair
+    from synthgen.report.lesion_preview import WINDOWS
+    from synthgen.report.montage import _views, label_colors
+
+    o = line.get("outputs") or {}
+    les = line.get("lesion") or {}
+    if not o.get("image") or not o.get("label") or les.get("center_mm") is None:
+        raise InputError(f"manifest line {line.get('name', '?')!r} lacks outputs.image/label or lesion.center_mm")
+    base = Path(root) if root is not None else Path("/")  # absolute paths stay as they are
+    ct, lab = read_pair(base / o["image"], base / o["label"])
+    cct, clab = ct.to_canonical(), lab.to_canonical()
+    centre = np.clip(np.rint(cct.world_to_voxel(les["center_mm"])).astype(int), 0, np.asarray(cct.shape) - 1)
+    if label_value is None:
+        label_value = int(clab.numpy()[tuple(centre)])
+    win = WINDOWS["lung" if str(les.get("organ", "")).startswith("lung") else "default"]
+    diameter = float(les.get("diameter_mm") or (line.get("parameters") or {}).get("diameter_mm") or 20.0)
+    views = list(zip(_views(cct, centre), _views(clab, centre)))
+    n = np.asarray(cct.shape) - 1
+    # the centre's (row, col) in each view, after the display flips of `_views`
+    rcs = [(n[1] - centre[1], n[0] - centre[0]), (n[2] - centre[2], n[0] - centre[0]),
+           (n[2] - centre[2], n[1] - centre[1])]
+    colors = label_colors(int(clab.numpy().max()) + 1)
+    top = _tile_row(views, None, win, colors, label_value, height)
+    zoom = _tile_row(views, [(rc, [2.0 * diameter / p for p in pix]) for rc, ((_, pix), _) in zip(rcs, views)],
+                     win, colors, label_value, height)
+    width = max(top.shape[1], zoom.shape[1])
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in (top, zoom)]
+    return np.concatenate([rows[0], np.full((4, width, 3), 255, np.uint8), rows[1]], axis=0)
+
+
+def _tile_row(views, crops, win, colors, highlight: int, height: int) -> np.ndarray:
+    """One row of tiles: each view windowed, resampled to square pixels, labels outlined; ``crops`` gives
+    per view ((row, col) centre, (row, col) half-size in pixels) or None for whole slices."""
+    from synthgen.report.lesion_preview import _crop
+    from synthgen.report.montage import _to_square, window
+
+    tiles = []
+    for k, ((img, pix), (ids, _)) in enumerate(views):
+        if crops is not None:
+            img, ids = (_crop(a, *crops[k]) for a in (img, ids))
+        gray = _to_square(window(img, center=win[0], width=win[1]), pix, nearest=False, height=height)
+        rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
+        sq = _to_square(ids.astype(np.int32), pix, nearest=True, height=height).astype(np.int64)
+        tiles += [outline_rgb(rgb, sq, colors=colors, highlight=highlight), np.full((height, 3, 3), 255, np.uint8)]
+    return np.concatenate(tiles[:-1], axis=1)
+
+
+# ------------------------------------------------------------------ 4. evaluation
+def _evaluation_section(ev: dict | None, files: Path) -> str:
+    out = ['<h2 id="evaluation">Evaluation</h2>']
+    if ev is None:
+        return "\n".join(out + [_skip("No evaluation (evaluation.json) given; section skipped.")])
+    arms = ev["arms"]
+    rare = set(ev.get("rare", []))
+    seeds = ev.get("seeds", [])
+    took = f", {float(ev['seconds']):.0f} s" if isinstance(ev.get("seconds"), (int, float)) else ""
+    out.append(f"<p>Task <code>{_e(ev.get('task', '?'))}</code> on <code>{_e(ev.get('dataset', '?'))}</code>, "
+               f"{_e(ev.get('resolution', 'resolution not recorded'))}; {len(seeds)} seeds "
+               f"({_e(', '.join(str(s) for s in seeds))}){_e(took)}.</p>")
+    split = ev.get("split") or {}
+    if split:
+        out.append(_table(["split", *split], [["items", *(_e(v) for v in split.values())]]))
+    out.append(_table(["arm", *arms], [["training items", *(_e(a.get("n_train", "?")) for a in arms.values())]]))
+    summaries = {name: a.get("summary") or {} for name, a in arms.items()}
+    classes = list(ev.get("classes") or [])
+    classes += [c for s in summaries.values() for c in s if c not in classes]
+    metrics = list(dict.fromkeys(m for s in summaries.values() for c in s.values() for m in c))
+    for metric in metrics:
+        out.append(f"<h3>{_e(metric)} (mean ± std over seeds; best arm in bold)</h3>")
+        rows = []
+        for c in classes:
+            cells = [summaries[a].get(c, {}).get(metric) for a in arms]
+            means = [x["mean"] for x in cells if x and x.get("mean") is not None]
+            rows.append([_name_cell(c, c in rare), *(_stat_cell(x, best=bool(means) and x is not None
+                                                                and x.get("mean") == max(means)) for x in cells)])
+        out.append(_table(["class", *arms], rows, [c in rare for c in classes]))
+    out.append(_deltas(ev, rare))
+    out += _curves(ev, files)
+    return "\n".join(out)
+
+
+def _stat_cell(x: dict | None, *, best: bool) -> str:
+    if not x or x.get("mean") is None:
+        return "–"
+    text = f"{float(x['mean']):.3f} ± {float(x.get('std') or 0):.3f}"
+    return f"<b>{_e(text)}</b>" if best else _e(text)
+
+
+def _deltas(ev: dict, rare: set[str]) -> str:
+    deltas = ev.get("deltas") or {}
+    out = ["<h3>Differences between arms (means over seeds)</h3>"]
+    if not deltas:
+        out.append(_skip("No deltas recorded."))
+    else:
+        metrics = list(dict.fromkeys(m for d in deltas.values() for c in d.values() for m in c))
+        rows, marks = [], []
+        for comp, per_class in deltas.items():
+            for c, vals in per_class.items():
+                cells = []
+                for m in metrics:
+                    v = vals.get(m)
+                    cells.append("–" if v is None else f'<span class="{"pos" if v > 0 else "neg" if v < 0 else ""}">'
+                                 f"{float(v):+.3f}</span>")
+                rows.append([_e(comp), _name_cell(c, c in rare), *cells])
+                marks.append(c in rare)
+        out.append(_table(["comparison", "class", *metrics], rows, marks))
+    if ev.get("verdict"):
+        out.append(f'<p class="verdict"><b>Verdict:</b> {_e(ev["verdict"])}</p>')
+    return "\n".join(out)
+
+
+def _curves(ev: dict, files: Path) -> list[str]:
+    from synthgen.report.montage import save_png
+
+    out = ["<h3>Validation learning curves</h3>"]
+    classes = list(ev.get("rare") or []) or list(ev.get("classes") or [])[-1:]
+    drawn = False
+    for k, c in enumerate(classes):
+        series, metric = {}, None
+        for arm, a in ev["arms"].items():
+            for run in a.get("per_seed", []):
+                pts = []
+                for p in run.get("curve") or []:
+                    key = _curve_key(p, c)
+                    if key is not None:
+                        pts.append((float(p["step"]), float(p[key][c])))
+                        metric = metric or (key[4:] if key.startswith("val_") else
+                                            {"seg": "dice", "cls": "recall"}.get(ev.get("task"), "score"))
+                if pts:
+                    series.setdefault(arm, []).append(pts)
+        if not series:
+            continue
+        name = f"curve_{k}_{_slug(c)}.png"
+        save_png(line_chart(series, title=f"validation {metric} of {c}", xlabel="training step",
+                            ylabel=f"{metric}"), files / name)
+        out.append(f"<figure>{_img(name, 'learning curve ' + c)}<figcaption>Validation {_e(metric)} of "
+                   f"{_e(c)} during training: thin lines one per seed, thick line the mean over seeds."
+                   "</figcaption></figure>")
+        drawn = True
+    if not drawn:
+        out.append(_skip("No learning curves recorded for the rare classes."))
+    return out
+
+
+def _curve_key(point: dict, cls: str) -> str | None:
+    """The key of a curve point's per-class validation scores holding a finite value for ``cls``:
+    ``val_dice``, else ``val`` (the task's main metric), else any other ``val_*`` dict."""
+    keys = ["val_dice", "val"] + sorted(k for k in point if k.startswith("val_") and k != "val_dice")
+    for k in keys:
+        v = point.get(k)
+        if isinstance(v, dict) and isinstance(v.get(cls), (int, float)) and np.isfinite(v[cls]) and "step" in point:
+            return k
+    return None
+
+
+# ------------------------------------------------------------------ charts (Pillow)
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (about ``n`` of them)."""
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** np.floor(np.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = np.floor(lo / step) * step
+    return [round(float(v), 10) for v in np.arange(start, hi + step * 0.999, step)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+
+
+class _Axes:
+    """A plot area on a Pillow image: data -> pixel mapping, frame, grid, ticks, labels, legend."""
+
+    def __init__(self, size, xr, yr, *, title: str, xlabel: str, ylabel: str, right: int = 20, yticks=None):
+        from PIL import Image, ImageDraw
+
+        self.img = Image.new("RGB", size, "white")
+        self.draw = ImageDraw.Draw(self.img)
+        self.font, self.small = _font(15), _font(12)
+        self.box = (70, 40, size[0] - right, size[1] - 55)  # left, top, right, bottom
+        self.xt, self.yt = _nice_ticks(*xr), yticks or _nice_ticks(*yr)
+        self.xr, self.yr = (self.xt[0], self.xt[-1]), (self.yt[0], self.yt[-1])
+        l, t, r, b = self.box
+        d = self.draw
+        d.text((l, 10), title, fill="black", font=self.font)
+        for v in self.yt:
+            y = self.py(v)
+            d.line([l, y, r, y], fill=(225, 225, 225))
+            d.text((l - 6, y), _fmt(v), fill="black", font=self.small, anchor="rm")
+        for v in self.xt:
+            x = self.px(v)
+            d.line([x, b, x, b + 5], fill="black")
+            d.text((x, b + 8), _fmt(v), fill="black", font=self.small, anchor="mt")
+        d.rectangle([l, t, r, b], outline="black")
+        d.text(((l + r) / 2, b + 30), xlabel, fill="black", font=self.small, anchor="mt")
+        d.text((8, t - 18), ylabel, fill="black", font=self.small)
+
+    def px(self, x: float) -> float:
+        l, _, r, _ = self.box
+        return l + (x - self.xr[0]) / ((self.xr[1] - self.xr[0]) or 1) * (r - l)
+
+    def py(self, y: float) -> float:
+        _, t, _, b = self.box
+        return b - (y - self.yr[0]) / ((self.yr[1] - self.yr[0]) or 1) * (b - t)
+
+    def legend(self, entries: list[tuple[str, tuple[int, int, int]]], *, x: int, y: int) -> None:
+        for k, (text, col) in enumerate(entries):
+            yy = y + 20 * k
+            self.draw.rectangle([x, yy + 3, x + 14, yy + 13], fill=col)
+            self.draw.text((x + 20, yy), text, fill="black", font=self.small)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.img)
+
+
+def histogram(groups: dict[str, Sequence[float]], *, title: str, xlabel: str, size=(640, 340)) -> np.ndarray:
+    """RGB uint8 histogram of several groups on shared bins, bars side by side within each bin."""
+    values = [float(v) for g in groups.values() for v in g]
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, 10.0, 0.5 * hi)  # a few similar sizes still get a readable axis
+    mid = (lo + hi) / 2
+    lo, hi = max(0.0, mid - 0.55 * span), mid + 0.55 * span
+    edges = np.asarray(_nice_ticks(lo, hi, n=10))
+    counts = {k: np.histogram(v, bins=edges)[0] for k, v in groups.items()}
+    top = max(1, max(int(c.max()) for c in counts.values()))
+    step = max(1, int(np.ceil(top / 5)))
+    ax = _Axes(size, (edges[0], edges[-1]), (0, top), title=title, xlabel=xlabel, ylabel="lesions", right=190,
+               yticks=list(range(0, top + step, step)))
+    n = len(groups)
+    for g, (k, c) in enumerate(counts.items()):
+        col = PALETTE[g % len(PALETTE)]
+        for b, cnt in enumerate(c):
+            if cnt:
+                x0, x1 = ax.px(edges[b]), ax.px(edges[b + 1])
+                w = (x1 - x0 - 2) / n
+                ax.draw.rectangle([x0 + 1 + g * w, ax.py(cnt), x0 + 1 + (g + 1) * w - 1, ax.py(0)], fill=col)
+    ax.legend([(k, PALETTE[g % len(PALETTE)]) for g, k in enumerate(groups)], x=ax.box[2] + 12, y=ax.box[1])
+    return ax.array()
+
+
+def line_chart(series: dict[str, list[list[tuple[float, float]]]], *, title: str, xlabel: str, ylabel: str,
+               size=(720, 380)) -> np.ndarray:
+    """RGB uint8 line chart: per key (an arm) thin lines (one per run) and a thick line, their mean at
+    the steps every run has."""
+    xs = [x for runs in series.values() for pts in runs for x, _ in pts]
+    ys = [y for runs in series.values() for pts in runs for _, y in pts]
+    hi = max(ys) * 1.05 or 1.0
+    if 0 <= min(ys) and max(ys) <= 1:  # a score: keep the axis within [0, 1]
+        hi = min(hi, 1.0)
+    ax = _Axes(size, (min(0.0, min(xs)), max(xs)), (min(0.0, min(ys)), hi), title=title,
+               xlabel=xlabel, ylabel=ylabel, right=170)
+    legend = []
+    for k, (arm, runs) in enumerate(series.items()):
+        col = PALETTE[k % len(PALETTE)]
+        pale = tuple(int(c + (255 - c) * 0.55) for c in col)
+        for pts in runs:
+            if len(pts) > 1:
+                ax.draw.line([(ax.px(x), ax.py(y)) for x, y in sorted(pts)], fill=pale, width=1)
+        common = sorted(set.intersection(*({x for x, _ in pts} for pts in runs)))
+        mean = [(x, float(np.mean([dict(pts)[x] for pts in runs]))) for x in common]
+        if len(mean) > 1:
+            ax.draw.line([(ax.px(x), ax.py(y)) for x, y in mean], fill=col, width=3, joint="curve")
+        for x, y in mean:
+            ax.draw.ellipse([ax.px(x) - 3, ax.py(y) - 3, ax.px(x) + 3, ax.py(y) + 3], fill=col)
+        legend.append((f"{arm} ({len(runs)} seeds)", col))
+    ax.legend(legend, x=ax.box[2] + 12, y=ax.box[1])
+    return ax.array()

@@ -1,0 +1,126 @@
+"""synthgen evaluate: the fixed split, the metrics, the arms, and the demo task it ships with."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from synthgen.errors import InputError
+from synthgen.expand.analysis import analyse
+from synthgen.expand.dataset import read_dataset
+from synthgen.expand.demo import CLASSES, DemoConfig, write_demo_dataset
+from synthgen.expand.evaluate import EvalConfig, _case_weights, cls_metrics, evaluate, format_evaluation, seg_metrics
+from synthgen.expand.split import fixed_split
+
+NAMES = ["background", "liver", "liver_cyst", "liver_tumor"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    cfg = DemoConfig(cases=10, tumour_cases=4, size=[24, 24, 20], spacing=6.0, cyst_mm=[14.0, 24.0], seed=1)
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"), cfg, progress=False)
+
+
+def test_demo_dataset_is_a_readable_nnunet_set_with_the_lesions_where_they_belong(demo):
+    from synthgen.io import read_pair
+
+    ds = read_dataset(demo)
+    assert (ds.layout, ds.task, len(ds.items), ds.problems) == ("nnunet", "seg", 10, [])
+    assert ds.classes == CLASSES
+    a = analyse(ds).by_name()
+    assert a["liver"].n_cases == 10 and a["liver_tumor"].n_cases == 4
+    hu = {k: [] for k in range(4)}
+    for it in ds.items:
+        ct, lab = read_pair(it.image, it.label)
+        arr = lab.numpy()
+        assert set(np.unique(arr)) <= set(CLASSES) and ct.shape == (24, 24, 20)
+        assert ct.synthetic and lab.synthetic  # the demo's "real" cases are derived data, and say so
+        for k in range(1, 4):
+            hu[k] += ct.numpy()[arr == k].tolist()
+    # arterial-phase example: tumours enhance above the liver, cysts are near water
+    assert np.median(hu[3]) > np.median(hu[1]) + 20 > np.median(hu[2]) + 40
+
+
+def test_demo_refuses_to_overwrite(demo):
+    with pytest.raises(InputError, match="already holds a dataset"):
+        write_demo_dataset(demo.parent, DemoConfig(cases=10, tumour_cases=4, size=[24, 24, 20], spacing=6.0))
+
+
+def test_split_is_fixed_stratified_and_disjoint(demo):
+    ds = read_dataset(demo)
+    a = analyse(ds)
+    ids = [it.id for it in ds.items]
+    s1 = fixed_split(a, ids)
+    assert s1 == fixed_split(a, list(reversed(ids)))  # depends on the cases, not their order
+    parts = [set(v) for v in s1.values()]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
+    tumour = set(a.by_name()["liver_tumor"].cases)
+    for part in ("train", "val", "test"):  # 4 tumour cases: one at least in each part
+        assert tumour & set(s1[part])
+
+
+def test_seg_metrics_on_known_predictions():
+    gt = np.zeros((10, 10, 10), np.int64)
+    gt[:, :, :5] = 1
+    gt[1:3, 1:3, 1:3] = 3  # two tumours: one found, one missed
+    gt[6:8, 6:8, 1:3] = 3
+    pred = gt.copy()
+    pred[6:8, 6:8, 1:3] = 1
+    pred[5, 5, 8] = 3  # and one false positive
+    m = seg_metrics([pred], [gt], NAMES)
+    assert m["liver_tumor"]["recall"] == 0.5 and m["liver_tumor"]["precision"] == 0.5
+    assert m["liver_tumor"]["dice"] == pytest.approx(2 * 8 / (9 + 16))
+    assert set(m["liver"]) == {"dice"}  # organs get no lesion counts
+    assert np.isnan(m["liver_cyst"]["dice"]) and np.isnan(m["liver_cyst"]["recall"])  # absent: no score
+
+
+def test_cls_metrics_and_balanced_sampling():
+    m = cls_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["normal", "tumour"])
+    assert m["tumour"]["recall"] == pytest.approx(2 / 3) and m["tumour"]["precision"] == 1.0
+    assert m["normal"]["f1"] == pytest.approx(2 / 3)
+
+    class C:
+        def __init__(self, fg):
+            self.fg = dict.fromkeys(fg)
+
+    cases = [C([1]), C([1]), C([1]), C([1, 3])]
+    p = _case_weights(cases, 4, task="seg", balanced=True)
+    assert p[3] == pytest.approx(4 * p[0])  # the rare case is drawn 4x as often (4 vs 1 cases)
+    assert np.allclose(_case_weights(cases, 4, task="seg", balanced=False), 0.25)
+
+
+def test_evaluate_runs_every_arm_and_keeps_synthetic_out_of_val_and_test(demo, tmp_path):
+    from synthgen.expand.job import ExpandSettings, expand_job
+
+    out = tmp_path / "expanded"
+    expand_job(demo, ExpandSettings(hold_out=True), out=out, log=lambda _: None, progress=False)
+    manifest = [json.loads(x) for x in (out / "synthetic_manifest.jsonl").read_text().splitlines()]
+    ds = read_dataset(demo)
+    split = fixed_split(analyse(ds), [it.id for it in ds.items])
+    assert manifest and {r["host"] for r in manifest} <= set(split["train"])  # --hold-out
+    cfg = EvalConfig(seeds=2, steps=4, val_every=2, batch=2, patch=[16, 16, 16], channels=[4, 8])
+    doc = evaluate(ds, expanded=out, cfg=cfg, progress=False)
+    assert list(doc["arms"]) == ["real", "weighted", "real+synthetic"]
+    assert doc["split"]["synthetic"] == len(manifest) and doc["split"]["synthetic_dropped"] == 0
+    assert doc["arms"]["real+synthetic"]["n_train"] == doc["arms"]["real"]["n_train"] + len(manifest)
+    assert not (set(doc["split"]["ids"]["val"]) | set(doc["split"]["ids"]["test"])) & {r["name"] for r in manifest}
+    rec = doc["arms"]["real"]
+    assert [s["seed"] for s in rec["per_seed"]] == [0, 1] and rec["per_seed"][0]["curve"][-1]["step"] == 4
+    t = rec["summary"]["liver_tumor"]["dice"]
+    vals = [s["metrics"]["liver_tumor"]["dice"] for s in rec["per_seed"]]
+    assert t["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
+    assert doc["deltas"]["real+synthetic - real"]["liver_tumor"]["dice"] == pytest.approx(
+        doc["arms"]["real+synthetic"]["summary"]["liver_tumor"]["dice"]["mean"] - t["mean"], abs=2e-4)
+    assert "liver_tumor dice: real+synthetic" in doc["verdict"]
+    table = format_evaluation(doc)
+    assert "liver_tumor*" in table and "±" in table
+
+
+def test_evaluate_errors_are_one_line(demo, tmp_path):
+    ds = read_dataset(demo)
+    with pytest.raises(InputError, match="unknown arm 'synthetic'"):
+        evaluate(ds, cfg=EvalConfig(arms=["synthetic"]), progress=False)
+    with pytest.raises(InputError, match="no synthetic_manifest.jsonl"):
+        evaluate(ds, expanded=tmp_path, cfg=EvalConfig(steps=2, seeds=1), progress=False)
