@@ -124,3 +124,48 @@ def test_evaluate_errors_are_one_line(demo, tmp_path):
         evaluate(ds, cfg=EvalConfig(arms=["synthetic"]), progress=False)
     with pytest.raises(InputError, match="no synthetic_manifest.jsonl"):
         evaluate(ds, expanded=tmp_path, cfg=EvalConfig(steps=2, seeds=1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def cls_csv(demo, tmp_path_factory):
+    """The demo scans as a classification CSV: liver_tumor (rare) vs normal (no tumour)."""
+    import csv
+
+    ds = read_dataset(demo)
+    a = analyse(ds).by_name()
+    path = tmp_path_factory.mktemp("cls") / "cls.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for it in ds.items:
+            w.writerow([str(it.image), "liver_tumor" if it.id in a["liver_tumor"].cases[:2] else "normal"])
+    return path
+
+
+def test_classification_set_expands_with_segmenter_masks_and_evaluates(cls_csv, demo, tmp_path):
+    from synthgen.expand.job import ExpandSettings, expand_job
+    from synthgen.io import read
+
+    out = tmp_path / "cls_expanded"
+    paths = expand_job(cls_csv, ExpandSettings(target="count=3", size=20.0, hold_out=True), out=out,
+                       log=lambda _: None, progress=False)
+    rows = (out / "cls.expanded.csv").read_text().splitlines()
+    assert rows[:11] == cls_csv.read_text().splitlines()  # the originals' rows first, unchanged
+    manifest = [json.loads(x) for x in paths["manifest"].read_text().splitlines()]
+    assert [r.split(",")[1] for r in rows[11:]] == ["liver_tumor"] * len(manifest) and manifest
+    ds = read_dataset(cls_csv)
+    by_id = {it.id: it for it in ds.items}
+    for rec in manifest:
+        assert rec["generator"] == "lesion_insert_segmented" and rec["synthetic"]
+        img = read(out / rec["outputs"]["image"]).numpy()
+        host = read(by_id[rec["host"]].image).numpy()
+        lesion = read(out / rec["outputs"]["label"], kind="label").numpy() > 0
+        changed = img != host
+        assert lesion.any() and changed.any()
+        # the lesion sits in the host's true liver (the demo's label map), which the classifier never saw
+        truth = read(demo / "labelsTr" / f"{rec['host'].removesuffix('_0000')}.nii.gz", kind="label").numpy()
+        assert (truth[lesion] >= 1).mean() > 0.8
+    doc = evaluate(read_dataset(cls_csv), expanded=out, progress=False,
+                   cfg=EvalConfig(seeds=1, steps=2, val_every=1, batch=2, size=[16, 16, 16], channels=[4, 8]))
+    assert doc["task"] == "cls" and set(doc["arms"]["real"]["summary"]["liver_tumor"]) == {"recall", "precision",
+                                                                                          "f1"}

@@ -10,7 +10,9 @@ Three arms, each trained once per seed on the same fixed real split (`synthgen.e
   training case (a synthetic case built on a validation or test scan is dropped and counted).
 
 Validation and test are real cases only. Segmentation trains a MONAI UNet on patches (two
-thirds centred on a foreground voxel of a class the case contains) with cross-entropy + Dice;
+thirds centred on a foreground voxel of a class the case contains, the class drawn with weight
+1/sqrt(its voxel count in the case, so small structures such as lesions come first) with
+cross-entropy + Dice;
 the checkpoint with the best mean validation Dice is tested. Per class it reports voxel Dice
 pooled over the test cases and lesion-level recall, precision and F1 (a connected component
 counts as found when the prediction of its class touches it). Classification trains a small
@@ -184,7 +186,9 @@ def _batch(cases: list[Case], p: np.ndarray, rng: np.random.Generator, cfg: Eval
     for i in pick:
         c = cases[i]
         if c.fg and rng.random() < cfg.foreground_p:
-            k = list(c.fg)[int(rng.integers(len(c.fg)))]
+            ks = list(c.fg)
+            w = np.array([len(c.fg[k]) ** -0.5 for k in ks])  # small structures (lesions) first
+            k = ks[int(rng.choice(len(ks), p=w / w.sum()))]
             centre = c.fg[k][int(rng.integers(len(c.fg[k])))]
         else:
             centre = np.array([rng.integers(s) for s in c.image.shape])

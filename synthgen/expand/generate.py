@@ -5,7 +5,8 @@ Where files go (``root`` = the dataset folder, or ``--out``):
 - nnU-Net/MSD: ``imagesTr/synth_<class>_<n>_0000.nii.gz`` + ``labelsTr/synth_<class>_<n>.nii.gz``;
   the updated index is ``dataset.synthgen.json`` (in place) or ``dataset.json`` (in ``--out``);
 - datalist / CSV: ``synthetic/images/`` + ``synthetic/labels/``; the updated index is
-  ``<name>.expanded.json`` / ``<name>.expanded.csv``.
+  ``<name>.expanded.json`` / ``<name>.expanded.csv``. In a classification set the new rows carry
+  the class name; the lesion's mask is still written to ``synthetic/labels/`` as provenance.
 
 Originals are never written: every synthetic name starts with ``synth_`` and is checked against
 the dataset before anything is written; the index is updated in a copy. With ``--out`` the
@@ -81,6 +82,8 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
     from synthgen.lesions.spec import LesionSpec
 
     host = next(it for it in ds.items if it.id == item.host)
+    if ds.task == "cls":
+        return _generate_cls_item(ds, item, host, image_out, label_out)
     ct, labels = read_pair(host.image, host.label, vocab=_vocab(ds))
     spec = LesionSpec(type=item.lesion_type, organ=item.organ, diameter_mm=item.diameter_mm, seed=item.seed,
                       phase=item.phase)
@@ -103,6 +106,40 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
                        "phase": item.phase, "plan_seed": None},
         "host": item.host,
         "inputs": {"image_sha256": _sha256(host.image), "label_sha256": _sha256(host.label)},
+        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
+                    "label_sha256": _sha256(label_out)},
+        "lesion": {k: rec[k] for k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml",
+                                       "mean_hu")},
+        "synthetic": True,
+    }
+
+
+def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label_out: Path) -> dict:
+    """Classification set: the host organ is read by the shipped segmenter; the lesion mask is
+    written as ``label_out`` (provenance; the class is the item's)."""
+    from synthgen.expand.organs import organ_labels
+    from synthgen.io import read, write
+    from synthgen.lesions.insert import insert_lesions
+    from synthgen.lesions.spec import LesionSpec
+
+    ct = read(host.image)
+    organs = organ_labels(ct, item.organ)
+    spec = LesionSpec(type=item.lesion_type, organ=item.organ, diameter_mm=item.diameter_mm, seed=item.seed,
+                      phase=item.phase)
+    res = insert_lesions(ct, organs, spec)
+    lesion = np.isin(np.asarray(res.labels.numpy()), [r.label_id for r in res.lesions]).astype(np.uint8)
+    meta = {"generator": f"synthgen {__version__} expand"}
+    write(res.ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
+    write(res.labels.replace(array=lesion, vocab=None, synthetic=True, meta=meta), label_out, overwrite=True)
+    rec = dataclasses.asdict(res.lesions[0])
+    return {
+        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
+        "generator_version": f"synthgen {__version__}", "seed": item.seed,
+        "parameters": {"lesion_type": item.lesion_type, "organ": item.organ, "diameter_mm": item.diameter_mm,
+                       "phase": item.phase, "organ_mask": "synthgen organ segmenter (shipped weights)",
+                       "plan_seed": None},
+        "host": item.host,
+        "inputs": {"image_sha256": _sha256(host.image)},
         "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
                     "label_sha256": _sha256(label_out)},
         "lesion": {k: rec[k] for k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml",
@@ -234,7 +271,8 @@ def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -
         base = (ds.index_file.parent / raw.get("base_dir", ".")).resolve()
         raw["training"] = list(raw["training"]) + [
             {"image": os.path.relpath(root / r["outputs"]["image"], base),
-             "label": os.path.relpath(root / r["outputs"]["label"], base), "synthetic": True} for r in recs]
+             "label": r["class"] if ds.task == "cls" else os.path.relpath(root / r["outputs"]["label"], base),
+             "synthetic": True} for r in recs]
         return write_text(target, json.dumps(raw, indent=1) + "\n", overwrite=True)
     with open(ds.index_file, newline="") as f:
         text = f.read()
@@ -245,6 +283,10 @@ def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -
     w = csv.DictWriter(buf, fieldnames=header, restval="")
     cols = {c.strip().lower(): c for c in header}
     for r in recs:
-        w.writerow({cols["image"]: os.path.relpath(root / r["outputs"]["image"], ds.index_file.parent),
-                    cols["mask"]: os.path.relpath(root / r["outputs"]["label"], ds.index_file.parent)})
+        image = os.path.relpath(root / r["outputs"]["image"], ds.index_file.parent)
+        if ds.task == "cls":
+            w.writerow({cols["image"]: image, cols["label"]: r["class"]})
+        else:
+            w.writerow({cols["image"]: image,
+                        cols["mask"]: os.path.relpath(root / r["outputs"]["label"], ds.index_file.parent)})
     return write_text(target, buf.getvalue(), overwrite=True)

@@ -13,8 +13,12 @@ get the leftover items) and the plan says it is budget-limited.
 Generators: a class whose name reads as a lesion (``liver_tumor``, "kidney cyst",
 ``lung_nodule``...: the prompt parser reads the name) is made by the lesion engine, inserted
 into a host case that does not contain it and whose label map has the host organ; its
-diameters are drawn from the real lesions of that class (±10 %) unless ``size_mm`` is given.
-Other classes are out of scope for this version and are reported as such.
+diameters are drawn from the real lesions of that class (±10 %) unless ``size_mm`` is given,
+and its contrast phase is the one whose appearance-table attenuation is nearest the real
+lesions' median HU (`matched_phase`). In a classification set the hosts are the scans of the
+classes that are not lesions, the host organ is read by the shipped organ segmenter
+(``lesion_insert_segmented``, `synthgen.expand.organs`) and sizes default to 20 mm.
+Other classes (organs, normal anatomy) are not generated: the plan says so with an error.
 Every item's seed derives from (run seed, item index) only.
 """
 
@@ -95,7 +99,8 @@ class Plan:
             sizes = [i.diameter_mm for i in self.items if i.class_name == name]
             size = f", {min(sizes):.0f}-{max(sizes):.0f} mm" if sizes else ""
             hosts = len({i.host for i in self.items if i.class_name == name})
-            lines.append(f"  {name}: {have.get(name, 0)} -> {have.get(name, 0) + n} cases (+{n} by lesion_insert "
+            gen = next((i.generator for i in self.items if i.class_name == name), "lesion_insert")
+            lines.append(f"  {name}: {have.get(name, 0)} -> {have.get(name, 0) + n} cases (+{n} by {gen} "
                          f"into {hosts} host scans{size})")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -188,8 +193,6 @@ def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases
 def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | None = None, seed: int = 0,
               size_mm: float | None = None) -> Plan:
     """Plan the synthetic items; raises InputError when a rare class cannot be generated."""
-    if ds.task != "seg":
-        raise InputError("expanding classification datasets is not supported yet (segmentation datasets only)")
     counts, limited = _within_budget(synthetic_counts(analysis, target), budget)
     stats = analysis.by_name()
     notes: list[str] = []
@@ -204,17 +207,24 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
             raise InputError(f"cannot generate class {name!r}: only lesion classes (tumour, cyst, metastasis, "
                              "nodule, haemorrhage in liver, kidney, spleen, pancreas, lung) are generated so far")
         ltype, organ = lesion
-        host_cls = _host_class(organ, ds)
-        if host_cls is None:
-            raise InputError(f"cannot place {name!r}: the dataset labels no {organ!r} to host it "
-                             f"(classes: {', '.join(ds.class_names)})")
-        hosts = [c for c in stats[host_cls].cases if c not in set(stats[name].cases)]
-        if not hosts:
-            raise InputError(f"no host scan for {name!r}: every case with {host_cls} already has it")
+        if ds.task == "cls":  # hosts: scans of the classes that are not lesions; organ read by the segmenter
+            host_cls, generator = organ, "lesion_insert_segmented"
+            hosts = [c for s in analysis.classes if lesion_of_class(s.name) is None for c in s.cases]
+            if not hosts:
+                raise InputError(f"no host scan for {name!r}: every class of this dataset is a lesion class")
+            phase, why = "auto", f"{name}: organ mask from the shipped segmenter, phase estimated per host"
+        else:
+            host_cls, generator = _host_class(organ, ds), "lesion_insert"
+            if host_cls is None:
+                raise InputError(f"cannot place {name!r}: the dataset labels no {organ!r} to host it "
+                                 f"(classes: {', '.join(ds.class_names)})")
+            hosts = [c for c in stats[host_cls].cases if c not in set(stats[name].cases)]
+            if not hosts:
+                raise InputError(f"no host scan for {name!r}: every case with {host_cls} already has it")
+            phase, why = matched_phase(ds, stats[name], ltype, host_cls)
         real = stats[name].lesion_diameters_mm
         if size_mm is None and not real:
             notes.append(f"{name}: no real lesion to match sizes to; using 20 mm")
-        phase, why = matched_phase(ds, stats[name], ltype, host_cls)
         notes.append(why)
         order = rng.permutation(len(hosts))
         for k in range(n):
@@ -226,7 +236,7 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
                 d = float(np.clip(item_rng.choice(real) * item_rng.uniform(0.9, 1.1), 3.0, 150.0))
             else:
                 d = 20.0
-            items.append(PlanItem(index=idx, class_name=name, generator="lesion_insert",
+            items.append(PlanItem(index=idx, class_name=name, generator=generator,
                                   host=hosts[int(order[k % len(hosts)])], lesion_type=ltype, organ=host_cls,
                                   diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31)), phase=phase))
     if limited:
