@@ -465,8 +465,9 @@ def format_evaluation(doc: dict) -> str:
     arms = list(doc["arms"])
     first = next(iter(doc["arms"].values()))["summary"]
     sp = doc["split"]
-    lines = [f"evaluation ({doc['task']}, {doc['resolution']}; {len(doc['seeds'])} seeds; split train "
-             f"{sp['train']} / val {sp['val']} / test {sp['test']} real, +{sp['synthetic']} synthetic)"]
+    head = (f"evaluation ({doc['task']}, {doc['resolution']}; {len(doc['seeds'])} seeds; split train "
+            f"{sp['train']} / val {sp['val']} / test {sp['test']} real, +{sp['synthetic']} synthetic)")
+    lines = [head]
     head = f"{'class':16s} {'metric':9s} " + " ".join(f"{a:>18s}" for a in arms)
     lines += [head, "-" * len(head)]
     for cls in doc["classes"]:
