@@ -105,7 +105,8 @@ def test_evaluate_runs_every_arm_and_keeps_synthetic_out_of_val_and_test(demo, t
     assert list(doc["arms"]) == ["real", "weighted", "real+synthetic"]
     assert doc["split"]["synthetic"] == len(manifest) and doc["split"]["synthetic_dropped"] == 0
     assert doc["arms"]["real+synthetic"]["n_train"] == doc["arms"]["real"]["n_train"] + len(manifest)
-    assert not (set(doc["split"]["ids"]["val"]) | set(doc["split"]["ids"]["test"])) & {r["name"] for r in manifest}
+    assert not (set(doc["split_ids"]["val"]) | set(doc["split_ids"]["test"])) & {r["name"] for r in manifest}
+    assert doc["resolution"].startswith("6x6x6 mm voxels, 16x16x16 patches")
     rec = doc["arms"]["real"]
     assert [s["seed"] for s in rec["per_seed"]] == [0, 1] and rec["per_seed"][0]["curve"][-1]["step"] == 4
     t = rec["summary"]["liver_tumor"]["dice"]

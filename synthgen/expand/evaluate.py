@@ -67,6 +67,7 @@ class Case:
     image: np.ndarray  # (D, H, W) float32 in [-1, 1]
     label: np.ndarray | int  # (D, H, W) int64 class indices (seg) or a class index (cls)
     fg: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # class -> voxel indices (seg)
+    spacing: tuple[float, ...] = ()  # mm, as trained on
 
 
 # ------------------------------------------------------------------ data
@@ -88,7 +89,7 @@ def _load_seg(image: Path, label: Path, lut: np.ndarray, cfg: EvalConfig, cid: s
     idx = lut[arr]
     fg = {int(c): np.argwhere(idx == c) for c in np.unique(idx) if c > 0}
     img = _normalise(np.asarray(ct.numpy(), np.float32), cfg.window).astype(np.float32)
-    return Case(cid, img, idx, fg)
+    return Case(cid, img, idx, fg, tuple(round(float(x), 3) for x in ct.spacing))
 
 
 def _load_cls(image: Path, cls: int, cfg: EvalConfig, cid: str) -> Case:
@@ -448,14 +449,16 @@ def evaluate(ds: Dataset, *, expanded: str | Path | None = None, cfg: EvalConfig
                                                 for k, v in ps["metrics"].items()}} for ps in rec["per_seed"]])
     deltas, verdict = _deltas(arms, a.rare)
     shape = sorted({tuple(c.image.shape) for c in parts["train"]})
-    res = (f"{cfg.spacing} mm" if cfg.spacing else "native spacing") + \
+    spacings = sorted({c.spacing for c in parts["train"] if c.spacing})
+    res = ("x".join(f"{x:g}" for x in spacings[0]) + " mm voxels" + (" (and others)" if len(spacings) > 1 else "")
+           if spacings else "native spacing") + \
         (f", {'x'.join(map(str, cfg.patch))} patches from {'/'.join('x'.join(map(str, s)) for s in shape[:3])} volumes"
          if task == "seg" else f", whole image at {'x'.join(map(str, cfg.size))}")
     return {"task": task, "dataset": str(ds.root), "expanded": str(expanded) if expanded else None,
             "resolution": res, "seeds": seeds, "classes": fg_names, "rare": a.rare,
             "split": {"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
-                      "synthetic": len(synth), "synthetic_dropped": dropped, "split_seed": cfg.split_seed,
-                      "ids": split},
+                      "synthetic": len(synth), "synthetic_dropped": dropped, "split_seed": cfg.split_seed},
+            "split_ids": split,
             "config": dataclasses.asdict(cfg), "arms": arms, "deltas": deltas, "verdict": verdict,
             "seconds": round(time.perf_counter() - t0, 1)}
 
