@@ -273,6 +273,7 @@ def _cmd_expand(args: argparse.Namespace) -> int:
 
     settings = ExpandSettings(rare=args.rare, rare_fraction=args.rare_fraction, target=args.target,
                               budget=args.budget, size=args.size, seed=args.seed, hold_out=args.hold_out,
+                              generator=args.generator,
                               dry_run=args.dry_run, analyse_only=args.analyse)
     paths = expand_job(args.dataset, settings, out=args.out, progress=args.progress)
     for role, p in paths.items():
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=float, default=None, metavar="MM",
                    help="lesion diameter (default: matched to the real lesions of the class)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generator", choices=["insert", "diffusion"], default="insert",
+                   help="insert: lesion engine into real host scans (default); diffusion: whole new cases "
+                        "from a prompt by the shipped text -> CT weights (segmentation sets)")
     p.add_argument("--hold-out", action="store_true",
                    help="plan on the fixed training split only, so `synthgen evaluate`'s val/test scans host nothing")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")

@@ -7,6 +7,7 @@ they land; an unknown task is an error that lists the known ones.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import json
@@ -40,6 +41,8 @@ class RecipeConfig:
 
 TaskFn = Callable[[StepConfig, Path, bool], dict[str, Path]]
 _TASKS: dict[str, TaskFn] = {}
+#: Whether the running recipe shows progress bars; long tasks show their own inner bars too.
+_SHOW_PROGRESS = contextvars.ContextVar("synthgen_recipe_progress", default=False)
 
 
 def task(name: str) -> Callable[[TaskFn], TaskFn]:
@@ -155,7 +158,7 @@ def _xray_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str
         raise InputError(f"step {step.name or step.task}: inputs must be [DATASET] (nnU-Net/MSD folder, "
                          f"datalist .json or .csv), got {step.inputs}")
     cfg = load_config(XRayDatasetConfig, paths=step.config, overrides=step.overrides)
-    res = xray_dataset(step.inputs[0], out, config=cfg, progress=False, overwrite=overwrite)
+    res = xray_dataset(step.inputs[0], out, config=cfg, progress=_SHOW_PROGRESS.get(), overwrite=overwrite)
     return {"dataset": res.root, "manifest": res.manifest, "preview": res.preview}
 
 
@@ -167,7 +170,7 @@ def _demo_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str
     from synthgen.expand.demo import DemoConfig, write_demo_dataset
 
     cfg = load_config(DemoConfig, paths=step.config, overrides=step.overrides)
-    return {"dataset": write_demo_dataset(out, cfg, overwrite=overwrite, progress=False)}
+    return {"dataset": write_demo_dataset(out, cfg, overwrite=overwrite, progress=_SHOW_PROGRESS.get())}
 
 
 @task("expand")
@@ -183,7 +186,7 @@ def _expand_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
     target = out / Path(step.inputs[0]).name
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise InputError(f"{target} already exists; choose another --out or pass --overwrite")
-    return expand_job(step.inputs[0], cfg, out=target, log=lambda _: None, progress=False)
+    return expand_job(step.inputs[0], cfg, out=target, log=lambda _: None, progress=_SHOW_PROGRESS.get())
 
 
 @task("evaluate")
@@ -200,7 +203,7 @@ def _evaluate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pa
     expanded = step.inputs[1] if len(step.inputs) > 1 else None
     drr = [Path(p) for p in step.inputs[2:]]
     return evaluate_job(step.inputs[0], cfg, out, expanded=expanded, drr_images=drr or None, overwrite=overwrite,
-                        log=lambda _: None, progress=False)
+                        log=lambda _: None, progress=_SHOW_PROGRESS.get())
 
 
 @functools.lru_cache(maxsize=1)
@@ -271,10 +274,14 @@ def run_recipe(
     recipe = load_recipe(path)
     out = Path(out)
     results: dict[str, dict[str, Path]] = {}
-    for step in tqdm(recipe.steps, desc=f"recipe {recipe.name}", unit="step", disable=not progress):
-        name = step.name or step.task
-        step = dataclasses.replace(step, inputs=[_resolve_input(x, results, name) for x in step.inputs])
-        results[name] = _TASKS[step.task](step, out / name, overwrite)
+    token = _SHOW_PROGRESS.set(progress)
+    try:
+        for step in tqdm(recipe.steps, desc=f"recipe {recipe.name}", unit="step", disable=not progress):
+            name = step.name or step.task
+            step = dataclasses.replace(step, inputs=[_resolve_input(x, results, name) for x in step.inputs])
+            results[name] = _TASKS[step.task](step, out / name, overwrite)
+    finally:
+        _SHOW_PROGRESS.reset(token)
     save_config(recipe, out / "recipe.yaml", overwrite=overwrite)
     record: dict[str, Any] = make_record(
         "synthgen.run", parameters={"recipe": recipe.name}, inputs=[path], synthetic=True

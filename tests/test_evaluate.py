@@ -170,3 +170,34 @@ def test_classification_set_expands_with_segmenter_masks_and_evaluates(cls_csv, 
                    cfg=EvalConfig(seeds=1, steps=2, val_every=1, batch=2, size=[16, 16, 16], channels=[4, 8]))
     assert doc["task"] == "cls" and set(doc["arms"]["real"]["summary"]["liver_tumor"]) == {"recall", "precision",
                                                                                           "f1"}
+
+
+def test_diffusion_generator_writes_whole_cases_in_the_dataset_classes(demo, tmp_path):
+    from synthgen.expand.job import ExpandSettings, expand_job
+    from synthgen.io import read_pair
+
+    out = tmp_path / "diffusion"
+    paths = expand_job(demo, ExpandSettings(target="count=6", generator="diffusion"), out=out, log=lambda _: None,
+                       progress=False)
+    manifest = [json.loads(x) for x in paths["manifest"].read_text().splitlines()]
+    assert len(manifest) == 2  # 4 real tumour cases -> 6
+    for rec in manifest:
+        assert rec["generator"] == "text_to_ct" and rec["host"] is None and rec["inputs"]["model_hashes"]
+        assert "tumor in the liver" in rec["parameters"]["prompt"]
+        ct, lab = read_pair(out / rec["outputs"]["image"], out / rec["outputs"]["label"])
+        arr = lab.numpy()
+        assert ct.synthetic and ct.shape == (24, 24, 20) and np.allclose(ct.spacing, 6.0)
+        assert set(np.unique(arr)) <= set(CLASSES) and {1, 3} <= set(np.unique(arr))
+        hu = ct.numpy()
+        assert -1100 <= hu.min() and hu.max() <= 3100
+    with pytest.raises(InputError, match="classification sets use insert"):
+        from synthgen.expand.plan import Target, make_plan
+
+        ds = read_dataset(demo)
+        make_plan(dataclasses_replace(ds, task="cls"), analyse(ds), Target.parse("count=6"), generator="diffusion")
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)

@@ -97,7 +97,7 @@ def label_map_for(spec, *, size=(96, 96, 96), spacing: float = 4.0, seed: int = 
     ids = to_default_ids(labels)
     ids[(ids == 0) & body_mask(ct)] = Vocabulary.default().id("body")
     labels = labels.replace(array=ids, vocab=Vocabulary.default())
-    centre = _region_centre(labels, spec.regions, records)
+    centre = _keep_lesions(_region_centre(labels, spec.regions, records), records, labels, size)
     return BuiltLabelMap(labels=_crop_or_pad(labels, centre, size), lesions=records, source=src)
 
 
@@ -112,6 +112,7 @@ def _check_size(size) -> tuple[int, int, int]:
 
 
 def _region_centre(labels: Volume, regions, records) -> np.ndarray:
+    """Voxel centre of the crop: the named regions' structures, else the chest."""
     from synthgen.anatomy.ops import bounding_box, organ_mask
 
     names = [n for r in (regions or ("chest",)) for n in REGION_STRUCTURES.get(r, ())]
@@ -123,6 +124,19 @@ def _region_centre(labels: Volume, regions, records) -> np.ndarray:
             continue
     box = bounding_box(mask) if mask.any() else bounding_box(labels.numpy() > 0)
     centre = (np.asarray(box[0]) + np.asarray(box[1]) - 1) / 2.0
+    return centre
+
+
+def _keep_lesions(centre: np.ndarray, records: list[dict], labels: Volume, size) -> np.ndarray:
+    """The crop centre moved (as little as possible) so each lesion, in turn, lies whole inside
+    the crop when it fits: a small field of view still shows what the prompt asked for."""
+    half = np.asarray(size) / 2.0
+    centre = np.asarray(centre, float).copy()
+    for r in records:
+        c = labels.world_to_voxel(r["center_mm"])
+        rad = r["diameter_mm"] / 2.0 / labels.spacing + 1
+        lo, hi = c + rad - half, c - rad + half
+        centre = np.where(lo <= hi, np.clip(centre, lo, hi), c)
     return centre
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -81,6 +82,8 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
     from synthgen.lesions.insert import insert_lesions
     from synthgen.lesions.spec import LesionSpec
 
+    if item.generator == "text_to_ct":
+        return _generate_diffusion_item(ds, item, image_out, label_out)
     host = next(it for it in ds.items if it.id == item.host)
     if ds.task == "cls":
         return _generate_cls_item(ds, item, host, image_out, label_out)
@@ -144,6 +147,59 @@ def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label
                     "label_sha256": _sha256(label_out)},
         "lesion": {k: rec[k] for k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml",
                                        "mean_hu")},
+        "synthetic": True,
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _text_to_ct():
+    from synthgen.pipelines.latent_ct import TextToCTPipeline
+
+    return TextToCTPipeline.from_pretrained()
+
+
+def to_dataset_values(labels, classes: dict[int, str]) -> np.ndarray:
+    """A label map in synthgen's vocabulary -> the dataset's values, class by name (a dataset class
+    may be a vocabulary group, e.g. ``kidney``); structures the dataset does not label become 0."""
+    arr = np.asarray(labels.numpy())
+    dtype = np.uint8 if max(classes) < 256 else np.uint16
+    out = np.zeros(arr.shape, dtype)
+    for value, name in sorted(classes.items()):
+        if value == 0 or name not in labels.vocab:
+            continue
+        out[np.isin(arr, labels.vocab.ids(name))] = value
+    return out
+
+
+def _generate_diffusion_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
+    """A whole new case from the item's prompt (label map from the anatomy library, CT by the shipped
+    latent diffusion weights), its labels mapped to the dataset's classes by name."""
+    from synthgen.io import write
+
+    pipe = _text_to_ct()
+    res = pipe(item.prompt, size=tuple(item.size), spacing=item.spacing_mm, seed=item.seed)
+    lab = to_dataset_values(res.labels, ds.classes)
+    value = next(v for v, n in ds.classes.items() if n == item.class_name)
+    if not (lab == value).any():
+        raise InputError(f"{item.name}: the generated label map has no {item.class_name} (prompt {item.prompt!r})")
+    meta = {"generator": f"synthgen {__version__} expand text_to_ct"}
+    write(res.ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
+    write(res.labels.replace(array=lab, vocab=None, synthetic=True, meta=meta), label_out, overwrite=True)
+    rec = res.record
+    return {
+        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
+        "generator_version": f"synthgen {__version__}", "seed": item.seed,
+        "parameters": {"prompt": item.prompt, "lesion_type": item.lesion_type, "organ": item.organ,
+                       "diameter_mm": item.diameter_mm, "size": list(item.size), "spacing_mm": item.spacing_mm,
+                       "steps": rec.get("steps"), "scheduler": rec.get("scheduler"),
+                       "guidance": rec.get("guidance"), "plan_seed": None},
+        "host": None,
+        "inputs": {"weights": rec.get("weights"), "model_hashes": rec.get("model_hashes"),
+                   "label_source": rec.get("label_source")},
+        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
+                    "label_sha256": _sha256(label_out)},
+        "lesion": {k: v for k, v in (rec.get("lesions") or [{}])[0].items()
+                   if k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml", "mean_hu")},
         "synthetic": True,
     }
 

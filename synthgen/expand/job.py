@@ -27,6 +27,7 @@ class ExpandSettings:
     size: float | None = None
     seed: int = 0
     hold_out: bool = False
+    generator: str = "insert"  # insert (lesion engine into real hosts) | diffusion (whole text -> CT cases)
     dry_run: bool = False
     analyse_only: bool = False
 
@@ -55,7 +56,7 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     if settings.analyse_only:
         return write_analysis(a, out_path or Path(ds.root), overwrite=True)
     plan = make_plan(plan_ds, a, Target.parse(settings.target), budget=settings.budget, seed=settings.seed,
-                     size_mm=settings.size)
+                     size_mm=settings.size, generator=settings.generator)
     log(plan.format(a))
     if settings.dry_run:
         return {}
