@@ -175,7 +175,10 @@ def _host_class(organ: str, ds: Dataset) -> str | None:
 
 def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases: int = 8) -> tuple[str, str]:
     """The contrast phase whose table attenuation for ``lesion_type`` in ``organ`` is nearest the
-    median HU of the class's real lesions (up to ``max_cases`` cases read); ("auto", why) without any."""
+    median HU of the class's real lesions (their cores, one voxel in from the boundary, when any
+    is left; up to ``max_cases`` cases read); ("auto", why) without any."""
+    from scipy import ndimage
+
     from synthgen.io import read
     from synthgen.lesions.appearance import PHASES, appearance
     from synthgen.lesions.spec import organ_family
@@ -185,8 +188,9 @@ def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases
     hu: list[np.ndarray] = []
     for cid in stats.cases[:max_cases]:
         it = by_id[cid]
-        lab = np.asarray(read(it.label, kind="label").numpy())
-        hu.append(np.asarray(read(it.image).numpy())[lab == value])
+        mask = np.asarray(read(it.label, kind="label").numpy()) == value
+        core = ndimage.binary_erosion(mask)  # boundary voxels are part liver (partial volume)
+        hu.append(np.asarray(read(it.image).numpy())[core if core.any() else mask])
     if not hu or not sum(h.size for h in hu):
         return "auto", f"{stats.name}: no real lesion to match the appearance to; phase estimated per host"
     measured = float(np.median(np.concatenate(hu)))
