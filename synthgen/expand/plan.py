@@ -15,7 +15,7 @@ Generators: a class whose name reads as a lesion (``liver_tumor``, "kidney cyst"
 into a host case that does not contain it and whose label map has the host organ; its
 diameters are drawn from the real lesions of that class (±10 %) unless ``size_mm`` is given,
 and its contrast phase is the one whose appearance-table attenuation is nearest the real
-lesions' median HU (`matched_phase`). In a classification set the hosts are the scans of the
+lesions' tissue HU (`matched_phase`). In a classification set the hosts are the scans of the
 classes that are not lesions, the host organ is read by the shipped organ segmenter
 (``lesion_insert_segmented``, `synthgen.expand.organs`) and sizes default to 20 mm.
 Other classes (organs, normal anatomy) are not generated: the plan says so with an error.
@@ -175,8 +175,9 @@ def _host_class(organ: str, ds: Dataset) -> str | None:
 
 def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases: int = 8) -> tuple[str, str]:
     """The contrast phase whose table attenuation for ``lesion_type`` in ``organ`` is nearest the
-    median HU of the class's real lesions (their cores, one voxel in from the boundary, when any
-    is left; up to ``max_cases`` cases read); ("auto", why) without any."""
+    attenuation of the class's real lesion tissue: the 75th percentile of their cores (one voxel
+    in from the boundary, when any is left), so a necrotic centre does not pull it toward a fainter
+    phase (up to ``max_cases`` cases read); ("auto", why) without any."""
     from scipy import ndimage
 
     from synthgen.io import read
@@ -193,11 +194,11 @@ def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases
         hu.append(np.asarray(read(it.image).numpy())[core if core.any() else mask])
     if not hu or not sum(h.size for h in hu):
         return "auto", f"{stats.name}: no real lesion to match the appearance to; phase estimated per host"
-    measured = float(np.median(np.concatenate(hu)))
+    measured = float(np.percentile(np.concatenate(hu), 75))
     family = organ_family(organ)
     table = {ph: appearance(lesion_type, family, ph).mean_hu for ph in PHASES}
     phase = min(table, key=lambda ph: abs(table[ph] - measured))
-    return phase, (f"{stats.name}: real lesions {measured:.0f} HU (median, {len(hu)} cases) -> {phase} "
+    return phase, (f"{stats.name}: real lesion tissue {measured:.0f} HU (75th percentile, {len(hu)} cases) -> {phase} "
                    f"appearance ({table[phase]:.0f} HU)")
 
 
