@@ -1,7 +1,7 @@
 """Organ masks for scans that come without a label map (classification datasets).
 
 To insert a lesion into a host scan the lesion engine needs the host organ's mask. A
-classification set has none, so the shipped organ segenter (`synthgen.models.segmenter`: liver,
+classification set has none, so the shipped organ segmenter (`synthgen.models.segmenter`: liver,
 spleen, kidney, heart, aorta; trained by `synthgen train segmenter`) reads it from the CT at its
 training resolution (4 mm, the example CT's LAS axis order) and the mask is brought back onto the
 host's own grid. The mask is only used to place the lesion; it is written beside the synthetic
