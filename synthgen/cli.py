@@ -289,12 +289,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     flags = {"seeds": args.seeds, "steps": args.steps, "rare": args.rare}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = load_config(EvalConfig, paths=args.config, overrides=overrides)
-    if args.task is not None:
-        from synthgen.expand.dataset import read_dataset
-
-        if read_dataset(args.dataset, check_grids=False).task != args.task:
-            raise InputError(f"--task {args.task}: {args.dataset} is not a {args.task} dataset")
-    paths = evaluate_job(args.dataset, cfg, args.out, expanded=args.expanded,
+    paths = evaluate_job(args.dataset, cfg, args.out, expanded=args.expanded, task=args.task,
                          overwrite=args.overwrite, progress=args.progress)
     for role, p in paths.items():
         print(f"{role:10s} {p}")

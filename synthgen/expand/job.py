@@ -78,9 +78,10 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
 
 
 def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | Path | None = None,
-                 title: str | None = None, drr_images: list[Path] | None = None,
+                 task: str | None = None, title: str | None = None, drr_images: list[Path] | None = None,
                  overwrite: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
-    """Train the arms, write ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out``."""
+    """Train the arms, write ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out``
+    (``task``, when given, must be the dataset's: seg or cls)."""
     from synthgen.expand.dataset import read_dataset
     from synthgen.expand.evaluate import evaluate, format_evaluation, write_evaluation
     from synthgen.expand.generate import MANIFEST
@@ -88,6 +89,8 @@ def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | P
 
     out = Path(out)
     ds = read_dataset(dataset)
+    if task is not None and ds.task != task:
+        raise InputError(f"--task {task}: {dataset} is a {ds.task} dataset")
     if ds.problems:
         log(ds.summary())
     root = Path(expanded) if expanded is not None else ds.root

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen.drr.render import XRaySettings
+from synthgen.drr.job import DRRConfig
 from synthgen.errors import InputError, OverwriteError
 from synthgen.expand.dataset import Dataset, Item
 
@@ -46,32 +46,20 @@ OVERLAP_RULE = ("smallest projected area wins: among structures whose path lengt
 
 
 @dataclasses.dataclass
-class XRayDatasetConfig:
-    """Schema of configs/xray_dataset.yaml (the `xray_dataset` recipe task).
-
-    ``views``: named views (PA, AP, LAT, RLAT) or C-arm angles (LAO30, RAO20_CAU10, ...), all
-    rendered for every case. ``size``: detector (rows, cols); ``spacing_mm`` None fits each CT on
-    the detector; ``sid_mm`` None is the view's default. ``physics``: beam, noise and display, as
-    for ``synthgen drr`` (`XRaySettings`; its ``mask_threshold_mm`` sets label coverage).
-    Image ``k`` of case ``i`` gets noise seed ``seed + i * len(views) + k``.
-    ``preview_cases``: how many cases the preview montage shows.
+class XRayDatasetConfig(DRRConfig):
+    """Schema of configs/xray_dataset.yaml (the `xray_dataset` recipe task): `DRRConfig` (views,
+    explicit ``geometry`` files, detector ``size`` / ``spacing_mm``, ``sdd_mm``, ``sid_mm``, ``seed``,
+    ``physics``), every view rendered for every case, plus ``preview_cases``, how many cases the
+    preview montage shows. Image ``k`` of case ``i`` gets noise seed ``seed + i * len(views) + k``;
+    ``physics.mask_threshold_mm`` sets label coverage.
     """
 
     views: list[str] = dataclasses.field(default_factory=lambda: ["PA", "LAT"])
-    size: list[int] = dataclasses.field(default_factory=lambda: [512, 512])
-    spacing_mm: float | None = None
-    sdd_mm: float = 1020.0
-    sid_mm: float | None = None
-    seed: int = 0
-    physics: XRaySettings = dataclasses.field(default_factory=XRaySettings)
     preview_cases: int = 4
 
-    def drr_config(self):
+    def drr_config(self) -> DRRConfig:
         """The `synthgen.drr.job.DRRConfig` rendering one case."""
-        from synthgen.drr.job import DRRConfig
-
-        return DRRConfig(views=list(self.views), geometry=[], size=list(self.size), spacing_mm=self.spacing_mm,
-                         sdd_mm=self.sdd_mm, sid_mm=self.sid_mm, seed=self.seed, physics=self.physics)
+        return DRRConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DRRConfig)})
 
 
 @dataclasses.dataclass(frozen=True)
