@@ -117,3 +117,11 @@ def write_toy_json(root, n: int) -> None:
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {n: i for i, n in TOY_CLASSES.items()}, "numTraining": n,
         "file_ending": ".nii.gz"}))
+
+
+def write_toy_dataset(root, n: int, tumour_cases=(0,)):
+    """An ``n``-case toy nnU-Net dataset under ``root`` (`toy_case`, tumours in ``tumour_cases``)."""
+    for k in range(n):
+        write_toy_case(root, k, *toy_case(k, tumour=k in tumour_cases))
+    write_toy_json(root, n)
+    return root

@@ -14,15 +14,13 @@ from synthgen.expand.dataset import read_dataset
 from synthgen.io import write
 from tests.conftest import TOY_CLASSES as CLASSES
 from tests.conftest import toy_case as _case
-from tests.conftest import write_toy_case, write_toy_json
+from tests.conftest import write_toy_dataset
 
 
 @pytest.fixture(scope="module")
 def nnunet(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds") / "Dataset042_Toy"
-    for k in range(5):
-        write_toy_case(root, k, *_case(k, tumour=k == 0))
-    write_toy_json(root, 5)
+    write_toy_dataset(root, 5)
     return root
 
 

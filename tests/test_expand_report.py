@@ -13,7 +13,7 @@ import pytest
 
 from synthgen.errors import InputError
 from synthgen.report.expand_report import write_report
-from tests.conftest import toy_case, write_toy_case, write_toy_json
+from tests.conftest import write_toy_dataset
 
 ARMS = ("real", "weighted", "real+synthetic")
 
@@ -27,9 +27,7 @@ def expanded(tmp_path_factory):
     from synthgen.expand.plan import Target, make_plan
 
     root = tmp_path_factory.mktemp("ds") / "Dataset042_Toy"
-    for k in range(4):
-        write_toy_case(root, k, *toy_case(k, tumour=k == 0))
-    write_toy_json(root, 4)
+    write_toy_dataset(root, 4)
     ds = read_dataset(root)
     a = analyse(ds)
     plan = make_plan(ds, a, Target.parse("count=3"), seed=1)

@@ -76,9 +76,39 @@ def _vocab(ds: Dataset):
         Vocabulary.default())
 
 
+#: Lesion record fields every manifest line carries.
+_LESION_KEYS = ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml", "mean_hu")
+
+
+def _write_item(item: PlanItem, ct, labels, image_out: Path, label_out: Path, *, parameters: dict, inputs: dict,
+                lesion: dict, generator_meta: str = "expand") -> dict:
+    """Write the item's CT and label map (marked synthetic) and return its journal line."""
+    from synthgen.io import write
+
+    meta = {"generator": f"synthgen {__version__} {generator_meta}"}
+    write(ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
+    write(labels.replace(synthetic=True, meta=meta), label_out, overwrite=True)
+    return {
+        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
+        "generator_version": f"synthgen {__version__}", "seed": item.seed,
+        "parameters": {**parameters, "plan_seed": None},
+        "host": item.host,
+        "inputs": inputs,
+        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
+                    "label_sha256": _sha256(label_out)},
+        "lesion": {k: v for k, v in lesion.items() if k in _LESION_KEYS},
+        "synthetic": True,
+    }
+
+
+def _insert_parameters(item: PlanItem) -> dict:
+    return {"lesion_type": item.lesion_type, "organ": item.organ, "diameter_mm": item.diameter_mm,
+            "phase": item.phase}
+
+
 def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
     """Insert the item's lesion into its host and write both files atomically; returns its journal line."""
-    from synthgen.io import read_pair, write
+    from synthgen.io import read_pair
     from synthgen.lesions.insert import insert_lesions
     from synthgen.lesions.spec import LesionSpec
 
@@ -96,32 +126,17 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
     engine_ids = {r.label_id for r in res.lesions}
     lab[np.isin(lab, list(engine_ids))] = value
     src_dtype = np.asarray(labels.numpy()).dtype
-    out_labels = res.labels.replace(array=lab.astype(src_dtype), vocab=_vocab(ds), synthetic=True,
-                                    meta={"generator": f"synthgen {__version__} expand"})
-    out_ct = res.ct.replace(synthetic=True, meta={"generator": f"synthgen {__version__} expand"})
-    write(out_ct, image_out, overwrite=True)
-    write(out_labels, label_out, overwrite=True)
-    rec = dataclasses.asdict(res.lesions[0])
-    return {
-        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
-        "generator_version": f"synthgen {__version__}", "seed": item.seed,
-        "parameters": {"lesion_type": item.lesion_type, "organ": item.organ, "diameter_mm": item.diameter_mm,
-                       "phase": item.phase, "plan_seed": None},
-        "host": item.host,
-        "inputs": {"image_sha256": _sha256(host.image), "label_sha256": _sha256(host.label)},
-        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
-                    "label_sha256": _sha256(label_out)},
-        "lesion": {k: rec[k] for k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml",
-                                       "mean_hu")},
-        "synthetic": True,
-    }
+    out_labels = res.labels.replace(array=lab.astype(src_dtype), vocab=_vocab(ds))
+    return _write_item(item, res.ct, out_labels, image_out, label_out, parameters=_insert_parameters(item),
+                       inputs={"image_sha256": _sha256(host.image), "label_sha256": _sha256(host.label)},
+                       lesion=dataclasses.asdict(res.lesions[0]))
 
 
 def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label_out: Path) -> dict:
     """Classification set: the host organ is read by the shipped segmenter; the lesion mask is
     written as ``label_out`` (provenance; the class is the item's)."""
     from synthgen.expand.organs import organ_labels
-    from synthgen.io import read, write
+    from synthgen.io import read
     from synthgen.lesions.insert import insert_lesions
     from synthgen.lesions.spec import LesionSpec
 
@@ -131,24 +146,10 @@ def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label
                       phase=item.phase)
     res = insert_lesions(ct, organs, spec)
     lesion = np.isin(np.asarray(res.labels.numpy()), [r.label_id for r in res.lesions]).astype(np.uint8)
-    meta = {"generator": f"synthgen {__version__} expand"}
-    write(res.ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
-    write(res.labels.replace(array=lesion, vocab=None, synthetic=True, meta=meta), label_out, overwrite=True)
-    rec = dataclasses.asdict(res.lesions[0])
-    return {
-        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
-        "generator_version": f"synthgen {__version__}", "seed": item.seed,
-        "parameters": {"lesion_type": item.lesion_type, "organ": item.organ, "diameter_mm": item.diameter_mm,
-                       "phase": item.phase, "organ_mask": "synthgen organ segmenter (shipped weights)",
-                       "plan_seed": None},
-        "host": item.host,
-        "inputs": {"image_sha256": _sha256(host.image)},
-        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
-                    "label_sha256": _sha256(label_out)},
-        "lesion": {k: rec[k] for k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml",
-                                       "mean_hu")},
-        "synthetic": True,
-    }
+    return _write_item(item, res.ct, res.labels.replace(array=lesion, vocab=None), image_out, label_out,
+                       parameters={**_insert_parameters(item),
+                                   "organ_mask": "synthgen organ segmenter (shipped weights)"},
+                       inputs={"image_sha256": _sha256(host.image)}, lesion=dataclasses.asdict(res.lesions[0]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,34 +175,20 @@ def to_dataset_values(labels, classes: dict[int, str]) -> np.ndarray:
 def _generate_diffusion_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
     """A whole new case from the item's prompt (label map from the anatomy library, CT by the shipped
     latent diffusion weights), its labels mapped to the dataset's classes by name."""
-    from synthgen.io import write
-
     pipe = _text_to_ct()
     res = pipe(item.prompt, size=tuple(item.size), spacing=item.spacing_mm, seed=item.seed)
     lab = to_dataset_values(res.labels, ds.classes)
     value = next(v for v, n in ds.classes.items() if n == item.class_name)
     if not (lab == value).any():
         raise InputError(f"{item.name}: the generated label map has no {item.class_name} (prompt {item.prompt!r})")
-    meta = {"generator": f"synthgen {__version__} expand text_to_ct"}
-    write(res.ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
-    write(res.labels.replace(array=lab, vocab=None, synthetic=True, meta=meta), label_out, overwrite=True)
     rec = res.record
-    return {
-        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
-        "generator_version": f"synthgen {__version__}", "seed": item.seed,
-        "parameters": {"prompt": item.prompt, "lesion_type": item.lesion_type, "organ": item.organ,
-                       "diameter_mm": item.diameter_mm, "size": list(item.size), "spacing_mm": item.spacing_mm,
-                       "steps": rec.get("steps"), "scheduler": rec.get("scheduler"),
-                       "guidance": rec.get("guidance"), "plan_seed": None},
-        "host": None,
-        "inputs": {"weights": rec.get("weights"), "model_hashes": rec.get("model_hashes"),
-                   "label_source": rec.get("label_source")},
-        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
-                    "label_sha256": _sha256(label_out)},
-        "lesion": {k: v for k, v in (rec.get("lesions") or [{}])[0].items()
-                   if k in ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml", "mean_hu")},
-        "synthetic": True,
-    }
+    parameters = {"prompt": item.prompt, "lesion_type": item.lesion_type, "organ": item.organ,
+                  "diameter_mm": item.diameter_mm, "size": list(item.size), "spacing_mm": item.spacing_mm,
+                  **{k: rec.get(k) for k in ("steps", "scheduler", "guidance")}}
+    return _write_item(item, res.ct, res.labels.replace(array=lab, vocab=None), image_out, label_out,
+                       parameters=parameters,
+                       inputs={k: rec.get(k) for k in ("weights", "model_hashes", "label_source")},
+                       lesion=(rec.get("lesions") or [{}])[0], generator_meta="expand text_to_ct")
 
 
 def _read_journal(path: Path) -> dict[int, dict]:
