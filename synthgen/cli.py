@@ -85,7 +85,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     from synthgen.data import PhantomConfig, phantom
     from synthgen.io.case import write_case
     from synthgen.io.record import make_record
+    from synthgen.io.safepath import safe_name
 
+    safe_name(args.name, what="--name")
     cfg = load_config(PhantomConfig, paths=args.config, overrides=args.overrides)
     ct, labels = phantom(cfg)
     record = make_record("synthgen.phantom", parameters={**ct.meta}, seed=cfg.seed)
@@ -195,8 +197,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthgen.io.safepath import safe_name
     from synthgen.pipelines.latent_ct import TextToCTPipeline
 
+    safe_name(args.stem, what="--stem")
     labels = None
     if args.labels:
         from synthgen.io import as_label_map, read

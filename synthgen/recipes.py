@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.errors import InputError
+from synthgen.io.safepath import safe_name
 
 
 @dataclasses.dataclass
@@ -256,6 +257,8 @@ def load_recipe(path: str | os.PathLike) -> RecipeConfig:
         if step.task not in _TASKS:
             raise InputError(f"{path}: step {i + 1} has unknown task {step.task!r}; known: {', '.join(known_tasks())}")
     names = [s.name or s.task for s in recipe.steps]
+    for n in names:  # each names the step's output folder
+        safe_name(n, what=f"{path}: step name")
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise InputError(f"{path}: step names must be unique (give steps a name:), repeated: {', '.join(sorted(dup))}")

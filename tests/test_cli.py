@@ -76,7 +76,7 @@ def test_convert_preserves_world_coordinates_across_formats(capsys, tmp_path, gr
         code, _, err = run(capsys, "convert", str(src), str(tmp_path / out), "-q")
         assert code == 0, err
         np.testing.assert_allclose(world_of_voxel(capsys, tmp_path / out), ref, atol=1e-3)
-        assert (tmp_path / (out.split(".")[0] + ".json")).is_file()
+        assert (tmp_path / (out + ".json")).is_file()
         back = io.read(tmp_path / out)
         np.testing.assert_array_equal(back.numpy(), io.read(src).numpy())
 
@@ -182,8 +182,8 @@ def test_phantom_command_writes_case_with_config(capsys, tmp_path):
     )
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.yaml", "phantom.json", "phantom.png", "phantom_ct.nii.gz", "phantom_labels.nii.gz"]
-    cfg = (out / "config.yaml").read_text()
+    assert names == ["phantom.json", "phantom.png", "phantom_config.yaml", "phantom_ct.nii.gz", "phantom_labels.nii.gz"]
+    cfg = (out / "phantom_config.yaml").read_text()
     assert "seed: 3" in cfg and "- 64" in cfg
     record = json.loads((out / "phantom.json").read_text())
     assert record["synthetic"] is True and record["seed"] == 3 and record["generator"] == "synthgen.phantom"

@@ -399,8 +399,16 @@ def test_writers_refuse_to_overwrite_unless_asked(tmp_path):
     (tmp_path / "s" / "keep.txt").write_text("x")
     with pytest.raises(OverwriteError, match="folder is not empty"):
         write_dicom_series(volume, tmp_path / "s")
+    (tmp_path / "s" / "notes").mkdir()
+    (tmp_path / "s" / "notes" / "n.txt").write_text("y")
+    (tmp_path / "s" / "IM00099.dcm").write_bytes(b"an older, longer series")
     write_dicom_series(volume, tmp_path / "s", overwrite=True)
-    assert not (tmp_path / "s" / "keep.txt").exists()
+    # --overwrite replaces the series' own files (stale slices of a longer series too), nothing else
+    assert (tmp_path / "s" / "keep.txt").read_text() == "x"
+    assert (tmp_path / "s" / "notes" / "n.txt").read_text() == "y"
+    assert not (tmp_path / "s" / "IM00099.dcm").exists()
+    assert sorted(p.name for p in (tmp_path / "s").glob("IM*.dcm")) == [
+        f"IM{k + 1:05d}.dcm" for k in range(volume.shape[2])]
     write_dicom_multiframe(volume, tmp_path / "m.dcm")
     with pytest.raises(OverwriteError, match="already exists"):
         write_dicom_multiframe(volume, tmp_path / "m.dcm")

@@ -11,6 +11,7 @@ import numpy as np
 from synthgen.drr.geometry import Projection, parse_view
 from synthgen.drr.render import DRR, DRRRenderer, XRaySettings
 from synthgen.errors import InputError
+from synthgen.io.safepath import safe_name
 from synthgen.volume import Volume
 
 
@@ -48,7 +49,7 @@ def projections(config: DRRConfig, ct: Volume) -> list[Projection]:
         p = Projection.from_json(g)
         p.check_faces(ct)
         out.append(p)
-    names = [p.name for p in out]
+    names = [safe_name(p.name, what="view name") for p in out]  # each names the view's files
     if len(set(names)) != len(names):
         raise InputError(f"two views share a name ({', '.join(names)}); give geometry files distinct names")
     return out
@@ -78,13 +79,13 @@ def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         check_writable(p, overwrite=overwrite)
     _save_png16(to_uint16(drr.display.detach().cpu()), paths["display"], overwrite=overwrite)
     for key, t in (("line_integral", drr.line_integral), ("intensity", drr.intensity)):
-        with atomic_path(paths[key], overwrite=overwrite) as tmp:
-            np.save(tmp, t.detach().cpu().numpy().astype(np.float32))
+        with atomic_path(paths[key], overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, t.detach().cpu().numpy().astype(np.float32))
     if drr.masks:
         names = sorted(drr.masks)
-        with atomic_path(paths["labels"], overwrite=overwrite) as tmp:
+        with atomic_path(paths["labels"], overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(
-                tmp,
+                fh,
                 names=np.array(names),
                 masks=np.stack([drr.masks[n] for n in names]),
                 thickness_mm=np.stack([drr.thickness_mm[n] for n in names]),

@@ -11,14 +11,11 @@ from synthgen.volume import Volume
 
 
 def sidecar_path(path: str | os.PathLike, suffix: str = ".json") -> Path:
-    """``out/ct.nii.gz`` -> ``out/ct.json``; ``out/series`` (a DICOM folder) -> ``out/series.json``."""
+    """The record of one output file, named after the whole file name so no two outputs share one:
+    ``out/x.nrrd`` -> ``out/x.nrrd.json``, ``out/x.mha`` -> ``out/x.mha.json``, ``out/series`` (a
+    DICOM folder) -> ``out/series.json``."""
     p = Path(path)
-    name = p.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return p.with_name(name + suffix)
+    return p.with_name(p.name + suffix)
 
 
 def write_case(
@@ -33,17 +30,21 @@ def write_case(
     overwrite: bool = False,
     ext: str = ".nii.gz",
 ) -> dict[str, Path]:
-    """Write ``<stem>_ct<ext>``, ``<stem>_labels<ext>``, ``<stem>.json``, ``<stem>.png`` and ``config.yaml``.
+    """Write ``<stem>_ct<ext>``, ``<stem>_labels<ext>``, ``<stem>.json``, ``<stem>.png`` and
+    ``<stem>_config.yaml``: every file is named after the case, so cases with other stems share a folder.
 
-    Every path is checked before anything is written, so a refused overwrite leaves
-    the folder as it was. Returns the written paths by role.
+    ``stem`` must be a safe file name (`synthgen.io.safepath.safe_name`). Every path is
+    checked before anything is written, so a refused overwrite leaves the folder as it
+    was. Returns the written paths by role.
     """
     from synthgen.config import save_config
     from synthgen.io import write
     from synthgen.io.atomic import check_writable
     from synthgen.io.record import write_record
+    from synthgen.io.safepath import safe_name
     from synthgen.report.montage import montage, save_png
 
+    safe_name(stem, what="file name stem")
     out = Path(out_dir)
     paths: dict[str, Path] = {"ct": out / f"{stem}_ct{ext}", "record": out / f"{stem}.json"}
     if labels is not None:
@@ -51,7 +52,7 @@ def write_case(
     if preview:
         paths["preview"] = out / f"{stem}.png"
     if config is not None:
-        paths["config"] = out / "config.yaml"
+        paths["config"] = out / f"{stem}_config.yaml"
     for p in paths.values():
         check_writable(p, overwrite=overwrite)
     write(ct, paths["ct"], overwrite=overwrite)

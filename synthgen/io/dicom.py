@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -443,7 +444,7 @@ def write_dicom_series(
     geometry = _lps_geometry(volume.affine, volume.shape[2])
     uids = _new_uids()
     names = [f"IM{k + 1:05d}.dcm" for k in range(volume.shape[2])]
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
+    with atomic_dir(folder, overwrite=overwrite, owned=_is_series_file) as tmp:
         for k in tqdm(range(volume.shape[2]), disable=not progress, desc=f"writing {folder.name}", unit="file"):
             ds = _base_dataset(volume, CT_IMAGE_STORAGE, uids, image_type=["DERIVED", "SECONDARY"])
             ds.InstanceNumber = k + 1
@@ -458,6 +459,11 @@ def write_dicom_series(
             _set_pixels(ds, stored.array[:, :, k].T[None])
             pydicom.dcmwrite(tmp / names[k], ds, enforce_file_format=True)
     return [folder / name for name in names]
+
+
+def _is_series_file(name: str) -> bool:
+    """The file names `write_dicom_series` gives its slices: what ``--overwrite`` may replace."""
+    return re.fullmatch(r"IM\d{5}\.dcm", name) is not None
 
 
 def write_dicom_multiframe(volume: Volume, path: Path, *, overwrite: bool = False) -> Path:

@@ -6,12 +6,14 @@ ITK stores geometry in LPS; this module is where it becomes RAS+.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_path
+from synthgen.io.atomic import TMP_SUFFIX, atomic_path, named_staging
 from synthgen.volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -69,7 +71,8 @@ def write_itk(volume: Volume, path: Path, *, overwrite: bool = False) -> Path:
         if path.suffix.lower() == ".mhd":
             _write_mhd_pair(img, tmp, path, overwrite=overwrite)
         else:
-            sitk.WriteImage(img, str(tmp), useCompression=True)
+            with named_staging(tmp, path.name) as staged:
+                sitk.WriteImage(img, str(staged), useCompression=True)
     return Path(path)
 
 
@@ -77,8 +80,7 @@ def _write_mhd_pair(img, tmp: Path, path: Path, *, overwrite: bool) -> None:
     """.mhd keeps its voxels in a separate .raw/.zraw file named in the header: write both atomically."""
     import SimpleITK as sitk
 
-    stage = tmp.parent / f".{path.stem}.staging"
-    stage.mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=tmp.parent))
     try:
         sitk.WriteImage(img, str(stage / path.name), useCompression=True)
         data = [f for f in stage.iterdir() if f.name != path.name]
@@ -90,6 +92,4 @@ def _write_mhd_pair(img, tmp: Path, path: Path, *, overwrite: bool) -> None:
             f.replace(path.parent / f.name)
         (stage / path.name).replace(tmp)
     finally:
-        for f in stage.iterdir():
-            f.unlink()
-        stage.rmdir()
+        shutil.rmtree(stage, ignore_errors=True)

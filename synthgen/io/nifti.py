@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_path
+from synthgen.io.atomic import atomic_path, named_staging
 from synthgen.volume import Volume
 
 #: Text stored in the header's 80-byte ``descrip`` field of every file synthgen writes.
@@ -85,6 +85,6 @@ def write_nifti(volume: Volume, path: Path, *, overwrite: bool = False) -> Path:
     img.header.set_xyzt_units("mm", "sec")
     mark = SYNTHETIC_MARK if volume.synthetic else DERIVED_MARK
     img.header["descrip"] = f"{mark} {volume.kind}"[:79].encode()
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
+    with atomic_path(path, overwrite=overwrite) as tmp, named_staging(tmp, Path(path).name) as staged:
+        nib.save(img, str(staged))
     return Path(path)

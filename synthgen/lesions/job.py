@@ -41,8 +41,10 @@ def run(
     from synthgen.io.case import write_case
     from synthgen.io.record import make_record
 
+    from synthgen.io.safepath import safe_name
+
     out = Path(out_dir)
-    extra = {"specs": out / f"{stem}.yaml"}
+    extra = {"specs": out / f"{safe_name(stem, what='file name stem')}.yaml"}
     if preview:
         extra["preview"] = out / f"{stem}_preview.png"
     for p in [*extra.values(), out / f"{stem}_ct.nii.gz", out / f"{stem}_labels.nii.gz", out / f"{stem}.json"]:

@@ -55,11 +55,12 @@ class Sample:
     source: str
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez_compressed(tmp, hu=self.hu, labels=self.labels, spacing=self.spacing,
-                            meta=np.array(json.dumps({"caption": self.caption, "lesions": self.lesions,
-                                                      "source": self.source})))
-        tmp.replace(path)
+        from synthgen.io.atomic import atomic_path
+
+        with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, hu=self.hu, labels=self.labels, spacing=self.spacing,
+                                meta=np.array(json.dumps({"caption": self.caption, "lesions": self.lesions,
+                                                          "source": self.source})))
 
     @classmethod
     def load(cls, path: Path) -> Sample:
