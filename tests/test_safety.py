@@ -152,3 +152,15 @@ def test_two_phantom_names_share_a_folder(capsys, tmp_path):
         code, err = _cli(capsys, "phantom", "--out", tmp_path, "--name", name, "shape=[24,24,20]", "spacing=[12,12,14]")
         assert code == 0, err
         assert (tmp_path / f"{name}_config.yaml").is_file() and (tmp_path / f"{name}.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["convert", "drr"])
+def test_output_under_a_file_is_one_line(capsys, tmp_path, small_phantom, command):
+    ct_path = io.write(small_phantom[0], tmp_path / "ct.nii.gz")
+    (tmp_path / "afile").write_text("not a folder")
+    if command == "convert":
+        code, err = _cli(capsys, "convert", ct_path, tmp_path / "afile" / "x.nii.gz")
+    else:
+        code, err = _cli(capsys, "drr", ct_path, "--size", "16", "--out", tmp_path / "afile" / "d")
+    assert code == 2 and len(err.splitlines()) == 1 and "is a file, not a folder" in err, err
+    assert (tmp_path / "afile").read_text() == "not a folder"
