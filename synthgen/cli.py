@@ -31,10 +31,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     elif args.labels is not None:
         from synthgen.io import read_pair
 
-        vols = list(read_pair(args.path, args.labels, vocab=_vocab(args.vocab), progress=args.progress))
+        vols = list(read_pair(args.path, args.labels, vocab=_vocab(args.vocab), allow_one_slice=True,
+                              progress=args.progress))
     else:
         vocab = _vocab(args.vocab)
-        vol = read(args.path, kind="label" if args.as_labels else None, vocab=vocab, progress=args.progress)
+        vol = read(args.path, kind="label" if args.as_labels else None, vocab=vocab, allow_one_slice=True,
+                   progress=args.progress)
         if not args.as_labels and looks_like_label_map(vol):
             vol = as_label_map(vol, vocab=vocab, name=str(args.path))
         vols = [vol]
@@ -63,7 +65,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not args.overwrite:
         raise InputError(f"{dst}: output is the input; refusing to overwrite it (pass --overwrite)")
     fmt = format_for_output(dst, args.format)
-    vol = read(src, kind="label" if args.as_labels else None, progress=args.progress)
+    vol = read(src, kind="label" if args.as_labels else None, allow_one_slice=True, progress=args.progress)
     record_path = sidecar_path(dst)
     if record_path.exists() and not args.overwrite:
         raise InputError(f"{record_path}: already exists; refusing to overwrite it (pass --overwrite)")
@@ -232,12 +234,17 @@ def _write_generated(args: argparse.Namespace, res) -> dict:
 
     out = Path(args.out)
     if args.format == "dicom":
-        lab_path = out / f"{args.stem}_labels.nii.gz"
-        check_writable(lab_path, overwrite=args.overwrite)
+        from synthgen.io.dicom_seg import write_dicom_seg
+
+        # the labels as a DICOM SEG referencing the written series, and as NIfTI for the tools that read that
+        lab_path, seg_path = out / f"{args.stem}_labels.nii.gz", out / f"{args.stem}_labels.dcm"
+        for p in (lab_path, seg_path):
+            check_writable(p, overwrite=args.overwrite)
         paths = write_case(out, args.stem, ct=res.ct, labels=None, record=res.record, overwrite=args.overwrite,
                            ext="")
         write(res.labels, lab_path, overwrite=args.overwrite)
         paths["labels"] = lab_path
+        paths["seg"] = write_dicom_seg(res.labels, seg_path, series_dir=paths["ct"], overwrite=args.overwrite)
         from synthgen.report.montage import montage, save_png
 
         save_png(montage(res.ct, res.labels), paths["preview"], overwrite=True)

@@ -17,6 +17,24 @@ from synthgen.errors import InputError
 
 T = TypeVar("T")
 
+#: The default configs and recipes as installed: ``configs/`` and ``pipelines/`` here are links to the
+#: repository's top-level folders, which setuptools copies through into the wheel.
+SHIPPED_DIR = Path(__file__).resolve().parent / "_shipped"
+SHIPPED_FOLDERS = ("configs", "pipelines")
+
+
+def shipped_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists; else, for ``configs/NAME`` or ``pipelines/NAME``, the copy shipped
+    with synthgen, so the shipped recipes and ``--config configs/NAME.yaml`` work from any folder.
+
+    Any other missing path comes back as given, for the caller to report.
+    """
+    p = Path(path)
+    if p.exists() or p.is_absolute() or len(p.parts) != 2 or p.parts[0] not in SHIPPED_FOLDERS:
+        return p
+    shipped = SHIPPED_DIR / p
+    return shipped if shipped.is_file() else p
+
 
 def load_config(
     schema: type[T],
@@ -46,7 +64,7 @@ def load_config(
         cfg = OmegaConf.structured(schema)
         for path in paths:
             where = str(path)
-            p = Path(path)
+            p = shipped_path(path)  # configs/NAME.yaml: the shipped default when not in this folder
             if not p.is_file():
                 raise InputError(f"{p}: config file not found")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))

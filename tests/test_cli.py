@@ -88,7 +88,7 @@ def test_convert_format_dicom_into_existing_folder(capsys, tmp_path):
     code, out, err = run(capsys, "convert", str(src), str(tmp_path / "dcm"), "--format", "dicom", "-q")
     assert code == 0, err
     assert len(list((tmp_path / "dcm").glob("*.dcm"))) == 5
-    assert io.read(tmp_path / "dcm").synthetic is True
+    assert io.read(tmp_path / "dcm").synthetic is False  # a converted non-synthetic image is marked DERIVED
 
 
 def test_example_ct_world_coordinates_across_formats(capsys, tmp_path, example):

@@ -113,12 +113,41 @@ def test_truncated_file(tmp_path, ext):
 
 
 def test_2d_image_rejected(tmp_path):
+    """A file of two dimensions is a picture, not a volume: refused even where single slices are taken."""
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((8, 9), np.int16), np.eye(4)), tmp_path / "slice.nii.gz")
-    with pytest.raises(InputError, match=r"slice.nii.gz: image is 2D \(8x9\); a 3D volume is needed"):
-        io.read(tmp_path / "slice.nii.gz")
+    for allow_one_slice in (False, True):
+        with pytest.raises(InputError, match=r"slice.nii.gz: image is 2D \(8x9\); a 3D volume is needed"):
+            io.read(tmp_path / "slice.nii.gz", allow_one_slice=allow_one_slice)
     assert io.read(tmp_path / "slice.nii.gz", allow_2d=True).shape == (8, 9, 1)
+
+
+@pytest.mark.parametrize("ext", FILE_EXTS)
+def test_one_slice_volume_is_refused_by_default_and_read_when_allowed(tmp_path, ext):
+    """A 3D file one voxel deep is a one-slice volume: `info`/`convert` take it, the depth-needing engines do not."""
+    path = tmp_path / f"one{ext}"
+    one = ramp_volume(AFFINES["oblique"], shape=(8, 9, 1))
+    io.write(one, path)
+    with pytest.raises(InputError, match=r"one.*: has one slice \(8x9x1\); a 3D volume is needed") as e:
+        io.read(path)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+    back = io.read(path, allow_one_slice=True)
+    assert back.shape == (8, 9, 1)
+    np.testing.assert_array_equal(back.numpy(), one.numpy())
+    np.testing.assert_allclose(back.spacing, one.spacing, rtol=1e-5)
+    labels = tmp_path / f"one_labels{ext}"
+    io.write(one.with_array((one.numpy() > 0).astype(np.uint8), kind="label"), labels)
+    with pytest.raises(InputError, match=r"has one slice"):
+        io.read_pair(path, labels)
+    ct, lab = io.read_pair(path, labels, allow_one_slice=True)
+    assert ct.same_grid(lab) and lab.kind == "label"
+
+
+def test_a_volume_one_voxel_wide_in_two_axes_is_not_a_slice(tmp_path):
+    io.write(ramp_volume(np.eye(4), shape=(8, 1, 1)), tmp_path / "line.nrrd")
+    with pytest.raises(InputError, match=r"line.nrrd: image is 2D \(8\)"):
+        io.read(tmp_path / "line.nrrd", allow_one_slice=True)
 
 
 def test_4d_image_rejected(tmp_path):

@@ -1,4 +1,5 @@
-"""DICOM read/write: geometry and values round-trip, files are marked synthetic, bad input fails clearly."""
+"""DICOM read/write: geometry and values round-trip, files are marked synthetic (or derived), bad input fails
+clearly; single slices, compressed transfer syntaxes and DICOM SEG label maps."""
 
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def test_plain_multiframe_file_with_top_level_geometry_is_read(tmp_path):
 @pytest.mark.parametrize("writer", WRITERS)
 def test_label_map_round_trips_as_labels_in_uint16(tmp_path, writer):
     ids = np.random.default_rng(2).integers(0, 120, size=SHAPE).astype(np.uint8)
-    original = _volume("lps", ids, kind="label")
+    original = _volume("lps", ids, kind="label", synthetic=True)
     target = _write(writer, original, tmp_path)
     ds = _datasets(target)[0]
     assert ds.PixelRepresentation == 0 and ds.Modality == "CT"
@@ -209,7 +210,7 @@ def test_non_dicom_files_beside_a_series_are_skipped_and_progress_is_shown(tmp_p
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_written_files_are_valid_part10_and_marked_synthetic(tmp_path, writer):
-    target = _write(writer, _volume("lps"), tmp_path)
+    target = _write(writer, _volume("lps", synthetic=True), tmp_path)
     for ds in _datasets(target):
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
@@ -367,7 +368,8 @@ def test_truncated_file_alone_or_in_a_series(tmp_path, fraction):
 
 def test_two_series_in_one_folder(tmp_path):
     a = write_dicom_series(_volume("lps"), tmp_path / "a")
-    b = write_dicom_series(_volume("lps", kind="label", array=np.ones(SHAPE, np.uint8)), tmp_path / "b")
+    labels = _volume("lps", kind="label", array=np.ones(SHAPE, np.uint8), synthetic=True)
+    b = write_dicom_series(labels, tmp_path / "b")
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for f in a + b:
@@ -469,3 +471,343 @@ def test_failed_multiframe_write_leaves_no_file_and_no_temp_file(tmp_path, monke
     with pytest.raises(OSError, match="disk full"):
         write_dicom_multiframe(_volume("lps"), tmp_path / "m.dcm")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------- synthetic or derived
+
+
+def _text_of_files(target: Path) -> str:
+    return " ".join(" ".join(_all_text(ds)) for ds in _datasets(target))
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_converted_real_scan_is_marked_derived_not_synthetic(tmp_path, writer):
+    target = _write(writer, _volume("lps", source="/data/real/ct", synthetic=False), tmp_path)
+    for ds in _datasets(target):
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.private_block(0x0011, "SYNTHGEN")[0x01].value == "DERIVED"
+        assert ds.SeriesDescription.startswith("DERIVED")
+    assert "SYNTHETIC" not in _text_of_files(target).upper()
+    back = read_dicom(target)
+    assert back.synthetic is False and (back.kind, back.units) == ("intensity", "HU")
+    again = _write(writer, _volume("lps", synthetic=True), tmp_path, "again")
+    assert read_dicom(again).synthetic is True
+    assert all(ds.SeriesDescription.startswith("SYNTHETIC") for ds in _datasets(again))
+
+
+def test_convert_of_a_real_scan_to_dicom_stays_not_synthetic(tmp_path, capsys):
+    from synthgen import io
+    from synthgen.cli import main
+
+    io.write(_volume("lps"), tmp_path / "real.nii.gz")
+    assert main(["convert", str(tmp_path / "real.nii.gz"), str(tmp_path / "series"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "series"), "-q"]) == 0
+    assert re_line(capsys.readouterr().out, "synthetic") == "synthetic    no"
+    assert "SYNTHETIC" not in _text_of_files(tmp_path / "series").upper()
+
+
+def re_line(text: str, key: str) -> str:
+    return next(line.strip() for line in text.splitlines() if line.startswith(key))
+
+
+# ------------------------------------------------------------- single slices
+
+
+def _one_slice_ct(path: Path, **tags) -> Path:
+    """A single CT Image Storage slice (16x12 pixels) as a scanner writes one; ``tags`` override or delete (None)."""
+    files = write_dicom_series(Volume(_hu((12, 16, 1)), _affine("lps")), path.parent / f"{path.stem}_series")
+    ds = pydicom.dcmread(files[0])
+    del ds[0x00110010]  # no synthgen mark: a real slice
+    ds.SliceThickness, ds.SpacingBetweenSlices = "3", "20"
+    for keyword, value in tags.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tags", "depth_mm"),
+    [({}, 3.0), ({"SliceThickness": None}, 20.0), ({"SliceThickness": None, "SpacingBetweenSlices": None}, 1.0)],
+    ids=["thickness", "spacing-between-slices", "neither"],
+)
+def test_a_single_ct_slice_is_a_one_slice_volume_as_deep_as_its_slice(tmp_path, tags, depth_mm):
+    from synthgen import io
+
+    path = _one_slice_ct(tmp_path / "slice.dcm", **tags)
+    with pytest.raises(InputError, match=r"has one slice \(12x16x1\); a 3D volume is needed") as e:
+        io.read(path)
+    _error_text(e, path)
+    vol = io.read(path, allow_one_slice=True)
+    assert vol.shape == (12, 16, 1) and vol.synthetic is False
+    np.testing.assert_allclose(vol.spacing, [SPACING[0], SPACING[1], depth_mm], rtol=1e-6)
+    # k points along the slice normal (LPS +z = RAS +z for this axial slice)
+    np.testing.assert_allclose(vol.affine[:3, 2], [0, 0, depth_mm], atol=1e-9)
+
+
+def test_pydicoms_ct_slice_is_read_by_info_and_convert_and_refused_by_drr(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    from synthgen import io
+    from synthgen.cli import main
+
+    ct_small = get_testdata_file("CT_small.dcm")
+    assert main(["info", ct_small, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert re_line(out, "shape") == "shape        128x128x1 voxels"
+    assert "0.6615x0.6615x5 mm" in re_line(out, "spacing")
+    assert main(["convert", ct_small, str(tmp_path / "slice.nii.gz"), "-q"]) == 0
+    capsys.readouterr()
+    converted = io.read(tmp_path / "slice.nii.gz", allow_one_slice=True)
+    np.testing.assert_array_equal(converted.numpy(), io.read(ct_small, allow_one_slice=True).numpy())
+    assert main(["drr", ct_small, "--out", str(tmp_path / "drr"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("synthgen drr: error: ") and "has one slice (128x128x1); a 3D volume is needed" in err
+    assert len(err.splitlines()) == 1
+
+
+def _testdata(name: str) -> str:
+    """A file of pydicom's test data (including the pydicom-data package's); skips when it is not installed."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} comes with the pydicom-data package, not installed")
+    return path
+
+
+def test_real_512x512_ct_slices_uncompressed_and_jpeg2000_read_alike(capsys):
+    from synthgen import io
+    from synthgen.cli import main
+
+    plain, j2k = _testdata("693_UNCR.dcm"), _testdata("693_J2KR.dcm")
+    a, b = io.read(plain, allow_one_slice=True), io.read(j2k, allow_one_slice=True)
+    assert a.shape == b.shape == (512, 512, 1)
+    np.testing.assert_allclose(a.spacing, [0.478516, 0.478516, 5.0])  # SliceThickness 5, not SpacingBetweenSlices 20
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert a.same_grid(b)
+    for path in (_testdata("693_UNCI.dcm"), j2k):
+        assert main(["info", path, "-q"]) == 0
+        assert re_line(capsys.readouterr().out, "shape") == "shape        512x512x1 voxels"
+
+
+# --------------------------------------------------------- compressed pixels
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm"]
+)
+def test_lossless_transfer_syntaxes_read_as_the_uncompressed_image(name):
+    from pydicom.data import get_testdata_file
+
+    from synthgen import io
+
+    plain = io.read(get_testdata_file("MR_small.dcm"), allow_one_slice=True)
+    packed = io.read(get_testdata_file(name), allow_one_slice=True)
+    assert packed.shape == plain.shape == (64, 64, 1)
+    np.testing.assert_array_equal(packed.numpy(), plain.numpy())
+    assert packed.same_grid(plain)
+
+
+def test_jpeg_ls_near_lossless_errs_by_at_most_its_bound(tmp_path):
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEGLSNearLossless
+
+    from synthgen import io
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.compress(JPEGLSNearLossless, jls_error=3)
+    pydicom.dcmwrite(tmp_path / "near.dcm", ds, enforce_file_format=True)
+    plain = io.read(get_testdata_file("MR_small.dcm"), allow_one_slice=True).numpy().astype(int)
+    near = io.read(tmp_path / "near.dcm", allow_one_slice=True).numpy().astype(int)
+    assert 0 < np.abs(near - plain).max() <= 3
+
+
+def _placed(source: str, path: Path) -> Path:
+    """``source`` (a file without patient geometry) with an axial position, pixel data untouched."""
+    ds = pydicom.dcmread(source)
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [1, 1], 2
+    pydicom.dcmwrite(path, ds)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "columns", "values"),
+    [  # reference values from pydicom's own pixel-data tests, at [row, columns]
+        ("JPEG-LL.dcm", 400, slice(124, 132), (60, 58, 61, 68, 59, 65, 64, 67)),
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", 300, slice(512, 520), (26, 26, 25, 22, 19, 16, 14, 15)),
+    ],
+)
+def test_jpeg_lossless_reads(tmp_path, name, rows, columns, values):
+    from synthgen import io
+
+    path = _placed(_testdata(name), tmp_path / name)
+    assert "Lossless" in pydicom.dcmread(path).file_meta.TransferSyntaxUID.name
+    vol = io.read(path, allow_one_slice=True)
+    assert tuple(vol.numpy()[columns, rows, 0]) == values
+
+
+def test_jpeg_ls_near_lossless_16_bit_reads(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from synthgen import io
+
+    path = _placed(get_testdata_file("JPEGLSNearLossless_16.dcm"), tmp_path / "jls.dcm")
+    vol = io.read(path, allow_one_slice=True)
+    np.testing.assert_array_equal(vol.numpy()[:, :, 0], pydicom.dcmread(path).pixel_array.T)
+
+
+def test_missing_decoder_is_one_line_naming_the_syntax_and_the_package(tmp_path, monkeypatch):
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+
+    from synthgen import io
+
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+    decoder = get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
+    monkeypatch.setattr(decoder, "_available", {})  # as if no JPEG-LS plugin were installed
+    with pytest.raises(InputError) as e:
+        io.read(path, allow_one_slice=True)
+    assert _error_text(e, Path(path)).endswith(
+        ": cannot decode JPEG-LS Lossless Image Compression pixel data: no decoder is installed; "
+        "pip install pylibjpeg pylibjpeg-libjpeg"
+    )
+
+
+def test_transfer_syntax_without_any_decoder_says_so(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from synthgen import io
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    pydicom.dcmwrite(tmp_path / "video.dcm", ds)
+    with pytest.raises(InputError, match="cannot decode MPEG2 .* pixel data: no decoder exists") as e:
+        io.read(tmp_path / "video.dcm", allow_one_slice=True)
+    _error_text(e, tmp_path / "video.dcm")
+
+
+# --------------------------------------------------------------- DICOM SEG
+
+
+def _labels(grid: str = "lps", synthetic: bool = True) -> Volume:
+    """A label map with ids that are not segment numbers; ``grid`` "las" is left-handed, as generated CTs are."""
+    from synthgen.anatomy.vocab import Vocabulary
+
+    ids = np.zeros(SHAPE, np.uint8)
+    ids[1:5, 1:4, 1:4] = 5  # liver
+    ids[2:4, 2:3, 2:3] = 201  # a lesion inside it: ids that are not segment numbers
+    ids[0, 0, 0] = 1
+    ids[6, 5, 4] = 90
+    affine = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0]) if grid == "las" else _affine(grid)
+    return Volume(ids, affine, kind="label", synthetic=synthetic, vocab=Vocabulary.default())
+
+
+@pytest.mark.parametrize("grid", ["lps", "ras", "oblique", "tilted", "las"])
+def test_seg_round_trip_gives_the_label_map_on_the_ct_grid(tmp_path, grid):
+    from synthgen import io
+    from synthgen.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    labels = _labels(grid)
+    io.write(Volume(_hu(), labels.affine, synthetic=True), tmp_path / "ct")
+    seg = write_dicom_seg(labels, tmp_path / "labels.dcm", series_dir=tmp_path / "ct")
+    ds = pydicom.dcmread(seg)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and ds.Modality == "SEG"
+    names = [str(item.SegmentLabel) for item in ds.SegmentSequence]
+    assert names == [labels.vocab.name(i) for i in (1, 5, 90, 201)]
+    referenced = {item.ReferencedSOPInstanceUID for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced <= {d.SOPInstanceUID for d in _datasets(tmp_path / "ct")}
+    for back in (read_dicom_seg(seg), io.read(seg)):
+        assert (back.kind, back.units) == ("label", "id")
+        np.testing.assert_array_equal(back.numpy(), labels.numpy())
+        np.testing.assert_allclose(back.affine, labels.affine, atol=1e-9)
+        assert back.same_grid(io.read(tmp_path / "ct"))
+        assert [back.vocab.name(i) for i in (1, 5, 90, 201)] == names
+        assert back.synthetic is True
+
+
+def test_seg_is_marked_and_carries_nothing_of_a_source_scan(tmp_path):
+    from synthgen import io
+    from synthgen.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    for synthetic, mark in ((True, "SYNTHETIC"), (False, "DERIVED")):
+        folder = tmp_path / mark
+        io.write(Volume(_hu(), _affine("lps"), synthetic=synthetic, source="/data/Doe_John"), folder / "ct")
+        seg = write_dicom_seg(_labels(synthetic=synthetic), folder / "labels.dcm", series_dir=folder / "ct")
+        ds = pydicom.dcmread(seg)
+        assert ds.private_block(0x0011, "SYNTHGEN")[0x01].value == mark
+        assert ds.SeriesDescription == f"{mark} label map" and ds.Manufacturer == "synthgen"
+        assert ds.DeviceSerialNumber == "synthgen"  # required in a SEG: names the software, no scanner
+        for keyword in set(IDENTIFYING) - {"DeviceSerialNumber"}:
+            assert not ds.get(keyword), keyword
+        assert "Doe" not in " ".join(_all_text(ds))
+        assert ("SYNTHETIC" in " ".join(_all_text(ds)).upper()) is synthetic
+        assert read_dicom_seg(seg).synthetic is synthetic
+
+
+def test_seg_of_another_tool_is_placed_on_the_grid_its_frames_span(tmp_path):
+    from synthgen import io
+    from synthgen.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    labels = _labels("oblique")
+    io.write(Volume(_hu(), labels.affine), tmp_path / "ct")
+    ds = pydicom.dcmread(write_dicom_seg(labels, tmp_path / "labels.dcm", series_dir=tmp_path / "ct"))
+    del ds[0x00110010]  # no synthgen record: names, not ids, and no grid
+    for item in ds.SegmentSequence:
+        del item[0x00110010]
+    pydicom.dcmwrite(tmp_path / "foreign.dcm", ds, enforce_file_format=True)
+    back = read_dicom_seg(tmp_path / "foreign.dcm")
+    np.testing.assert_array_equal(back.numpy(), labels.numpy())  # k = 0 and k = 4 hold labels: the full span
+    np.testing.assert_allclose(back.affine, labels.affine, atol=1e-4)
+
+
+def test_seg_writer_refuses_what_it_cannot_reference(tmp_path):
+    from synthgen import io
+    from synthgen.io.dicom_seg import write_dicom_seg
+
+    io.write(Volume(_hu(), _affine("lps")), tmp_path / "ct")
+    out = tmp_path / "labels.dcm"
+    shifted = _affine("lps")
+    shifted[2, 3] += 1.0  # 1 mm between the CT's slices
+    moved = _labels("lps").replace(affine=shifted)
+    cases = [
+        (moved, r"label map is not on the grid of this series \(no slice at the position of k = 0\)"),
+        (_labels("ras"), r"label map is not on the grid of this series \(orientation differs\)"),
+        (_labels().with_array(np.zeros(SHAPE, np.uint8)), "no labelled voxel"),
+        (Volume(_hu(), _affine("lps")), "holds a label map"),
+    ]
+    for labels, match in cases:
+        with pytest.raises(InputError, match=match):
+            write_dicom_seg(labels, out, series_dir=tmp_path / "ct")
+        assert not out.exists()
+    write_dicom_seg(_labels(), out, series_dir=tmp_path / "ct")
+    with pytest.raises(OverwriteError, match="already exists"):
+        write_dicom_seg(_labels(), out, series_dir=tmp_path / "ct")
+    write_dicom_seg(_labels(), out, series_dir=tmp_path / "ct", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_generate_as_dicom_writes_the_labels_as_seg_beside_the_series(tmp_path):
+    import argparse
+    import types
+
+    from synthgen import io
+    from synthgen.cli import _write_generated
+
+    labels = _labels("lps")
+    ct = Volume(_hu(), labels.affine, synthetic=True)
+    res = types.SimpleNamespace(ct=ct, labels=labels, record={"generator": "test", "synthetic": True})
+    args = argparse.Namespace(out=str(tmp_path), stem="synth", format="dicom", overwrite=False)
+    paths = _write_generated(args, res)
+    assert paths["seg"] == tmp_path / "synth_labels.dcm" and paths["labels"] == tmp_path / "synth_labels.nii.gz"
+    seg = io.read(paths["seg"])
+    np.testing.assert_array_equal(seg.numpy(), labels.numpy())
+    assert seg.same_grid(io.read(paths["ct"])) and seg.same_grid(io.read(paths["labels"]))
+    _, seg_back = io.read_pair(paths["ct"], paths["seg"])  # what the engines take: CT + its SEG
+    assert seg_back.vocab.name(201) == labels.vocab.name(201)
+    series = {d.SeriesInstanceUID for d in _datasets(paths["ct"])}
+    assert pydicom.dcmread(paths["seg"]).ReferencedSeriesSequence[0].SeriesInstanceUID in series

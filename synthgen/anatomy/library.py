@@ -64,13 +64,9 @@ def _pick_source(spec, source: str) -> str:
                          "pass your own label map with --labels")
     if "pelvis" in spec.regions:
         return "phantom"
-    try:
-        from synthgen.data import example_dir
+    from synthgen.data import example_dir_or_none
 
-        example_dir()
-        return "example"
-    except InputError:
-        return "phantom"
+    return "phantom" if example_dir_or_none(instead="using the procedural phantom's anatomy") is None else "example"
 
 
 def label_map_for(spec, *, size=(96, 96, 96), spacing: float = 4.0, seed: int = 0, source: str = "auto",

@@ -1,4 +1,4 @@
-"""Read and write medical volumes: NIfTI, NRRD, MetaImage, DICOM series and files.
+"""Read and write medical volumes: NIfTI, NRRD, MetaImage, DICOM series and files (DICOM SEG label maps too).
 
 ``read(path)`` returns a `Volume` in RAS+ mm whatever the file's convention;
 ``write(volume, path)`` picks the format from the extension (or ``format=``),
@@ -95,22 +95,32 @@ def read(
     *,
     kind: Literal["intensity", "label"] | None = None,
     vocab=None,
+    allow_one_slice: bool = False,
     allow_2d: bool = False,
     allow_nan: bool = False,
     progress: bool = False,
 ) -> Volume:
     """Read a volume from a NIfTI/NRRD/MHA/MHD file, a DICOM file or a DICOM series folder.
 
+    A DICOM Segmentation (SEG) file reads as a label map. A single slice reads as a
+    one-slice volume ``(I, J, 1)``; since the engines (DRRs, lesions, generation,
+    expansion) need depth, it is refused unless ``allow_one_slice`` (``synthgen info``
+    and ``convert`` pass it).
+
     Args:
         kind: ``"label"`` to read an integer label map (checked, vocabulary attached),
-            ``"intensity"`` for an image, ``None`` to keep it an image.
+            ``"intensity"`` for an image, ``None`` to keep it as the file says.
         vocab: a `Vocabulary` for label maps (default: TotalSegmentator v2 + synthgen lesions).
-        allow_2d: accept single-slice images (shape ``(I, J, 1)``) instead of raising.
+        allow_one_slice: accept a volume one voxel deep (a single DICOM slice, or a 3D
+            file with one slice) instead of raising.
+        allow_2d: also accept a 2D image (a file of two dimensions, which gives its
+            third axis no thickness: read with 1 mm) as shape ``(I, J, 1)``.
         allow_nan: accept NaN/inf voxels instead of raising.
 
     Raises:
-        InputError: missing path, unreadable or corrupt file, 2D image, NaNs, or a
-            label map with non-integer values; the message starts with the path.
+        InputError: missing path, unreadable or corrupt file, a single slice or 2D image
+            (unless allowed), NaNs, or a label map with non-integer values; the message
+            starts with the path.
     """
     p = Path(path)
     if not p.exists():
@@ -128,23 +138,48 @@ def read(
         from synthgen.io.dicom import read_dicom
 
         vol = read_dicom(p, progress=progress)
-    _check_values(vol, p, allow_2d=allow_2d, allow_nan=allow_nan)
-    if kind == "label":
+    _check_values(vol, p, fmt, allow_one_slice=allow_one_slice, allow_2d=allow_2d, allow_nan=allow_nan)
+    if kind == "label" or (kind is None and vol.meta.get("layout") == "seg"):
         vol = as_label_map(vol, vocab=vocab, name=str(p))
     return vol
 
 
-def _check_values(vol: Volume, path: Path, *, allow_2d: bool, allow_nan: bool) -> None:
+def _check_values(
+    vol: Volume, path: Path, fmt: Format, *, allow_one_slice: bool, allow_2d: bool, allow_nan: bool
+) -> None:
     if vol.array.size == 0:
         raise InputError(f"{path}: image is empty (shape {vol.shape})")
-    if not allow_2d and 1 in vol.shape:
-        dims = "x".join(str(s) for s in vol.shape if s != 1) or "1"
-        raise InputError(f"{path}: image is 2D ({dims}); a 3D volume is needed")
+    if 1 in vol.shape and not allow_2d:
+        one_slice = vol.shape.count(1) == 1 and not _file_is_2d(path, fmt)
+        if not one_slice:
+            dims = "x".join(str(s) for s in vol.shape if s != 1) or "1"
+            raise InputError(f"{path}: image is 2D ({dims}); a 3D volume is needed")
+        if not allow_one_slice:
+            dims = "x".join(str(s) for s in vol.shape)
+            raise InputError(
+                f"{path}: has one slice ({dims}); a 3D volume is needed (info and convert take single slices)"
+            )
     arr = vol.numpy()
     if not allow_nan and np.issubdtype(arr.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
             raise InputError(f"{path}: image contains {bad} NaN or infinite voxels")
+
+
+def _file_is_2d(path: Path, fmt: Format) -> bool:
+    """Whether a NIfTI/NRRD/MHA file declares only two dimensions (header only; a DICOM image is always placed in 3D)."""
+    if fmt == "nifti":
+        import nibabel as nib
+
+        return int(nib.load(str(path)).header["dim"][0]) < 3
+    if fmt in ("nrrd", "mha"):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader.GetDimension() < 3
+    return False
 
 
 def as_label_map(vol: Volume, *, vocab=None, name: str = "label map") -> Volume:
@@ -165,13 +200,18 @@ def as_label_map(vol: Volume, *, vocab=None, name: str = "label map") -> Volume:
 
 
 def read_pair(
-    image: str | os.PathLike, labels: str | os.PathLike, *, vocab=None, progress: bool = False
+    image: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    vocab=None,
+    allow_one_slice: bool = False,
+    progress: bool = False,
 ) -> tuple[Volume, Volume]:
-    """Read a CT and its label map and check that they share one voxel grid."""
+    """Read a CT and its label map (any format, a DICOM SEG too) and check that they share one voxel grid."""
     from synthgen.errors import GridMismatchError
 
-    ct = read(image, progress=progress)
-    lab = read(labels, kind="label", vocab=vocab, progress=progress)
+    ct = read(image, allow_one_slice=allow_one_slice, progress=progress)
+    lab = read(labels, kind="label", vocab=vocab, allow_one_slice=allow_one_slice, progress=progress)
     if not ct.same_grid(lab):
         from synthgen.volume import describe_grid
 

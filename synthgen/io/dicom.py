@@ -8,7 +8,8 @@ Geometry, the only place where DICOM's LPS frame meets synthgen's RAS+ frame:
 * Slices are sorted along ``normal = cross(row_dir, col_dir)``, ascending unless the files'
   InstanceNumbers (or the frame order of a multi-frame file) run strictly the other way, in
   which case that order is kept: a left-handed grid (e.g. LAS) then round-trips index-exactly.
-  ``k`` is the mean step between ImagePositionPatient values (one slice: ``normal * SpacingBetweenSlices``).
+  ``k`` is the mean step between ImagePositionPatient values. A single slice is a one-slice volume
+  ``(I, J, 1)`` whose ``k`` step is ``normal * SliceThickness`` (else SpacingBetweenSlices, else 1 mm).
 * ``RAS affine = diag(-1, -1, 1, 1) @ LPS affine``.
 
 Writing inverts that rule, so any grid that is right-handed in LPS (RAS- or
@@ -17,13 +18,18 @@ affine. A left-handed grid (one axis flipped alone) reads back with ``k``
 reversed, since DICOM orders slices by position only: every value keeps its
 world position.
 
-Files written are marked synthetic (ImageType DERIVED\\SECONDARY, SeriesDescription
-``SYNTHETIC ...``, ImageComments, placeholder patient tags, a private ``SYNTHGEN``
-block at group 0x0011 that also records the Volume's kind and units); nothing
-comes from a source file. Values are stored as int16 (uint16 for label maps)
-with RescaleSlope/Intercept: integer data spanning at most 65536 values is
-exact; anything else is quantised over its range in steps of
-``range / 65534``, so a round trip errs by at most half a step.
+Files written are marked as synthgen's (ImageType DERIVED\\SECONDARY, a
+SeriesDescription, ImageComments, placeholder patient tags, a private
+``SYNTHGEN`` block at group 0x0011 that also records the Volume's kind and
+units) with fresh UIDs; nothing comes from a source file. Only a Volume with
+``synthetic=True`` is marked ``SYNTHETIC``; any other (a converted real scan)
+is marked ``DERIVED`` and reads back as not synthetic.
+
+Values are stored as int16 (uint16 for label maps) with
+RescaleSlope/Intercept: integer data spanning at most 65536 values is exact;
+anything else is quantised over its range in steps of ``range / 65534``, so a
+round trip errs by at most half a step. Compressed files (JPEG, JPEG Lossless,
+JPEG-LS, JPEG 2000, RLE) decode through pydicom's pylibjpeg plugins.
 """
 
 from __future__ import annotations
@@ -52,11 +58,13 @@ __all__ = ["read_dicom", "write_dicom_multiframe", "write_dicom_series"]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 _PRIVATE_GROUP = 0x0011
 _PRIVATE_CREATOR = "SYNTHGEN"
 _MARK = "SYNTHETIC"
+_DERIVED = "DERIVED"  # written by synthgen from a volume that is not synthetic (a converted real scan)
 _INT16 = (-32768, 32767)
 _QUANT_LEVELS = 65534  # stored values -32767..32767
 _ENHANCED_IMAGE_TYPE = ["DERIVED", "SECONDARY", "VOLUME", "NONE"]  # Enhanced CT needs all four values
@@ -70,6 +78,13 @@ _SPACING_RTOL = 0.01
 _CORRUPT_ERRORS = (EOFError, ValueError, AttributeError, KeyError, IndexError, OverflowError, struct.error)
 #: Exceptions pydicom raises when no decoder handles the transfer syntax.
 _DECODER_ERRORS = (NotImplementedError, RuntimeError)
+#: The pip packages that decode each family of compressed transfer syntaxes (core dependencies of synthgen).
+_DECODER_PACKAGES = (
+    (tuple(pydicom.uid.JPEGTransferSyntaxes), "pylibjpeg pylibjpeg-libjpeg"),
+    (tuple(pydicom.uid.JPEGLSTransferSyntaxes), "pylibjpeg pylibjpeg-libjpeg"),
+    (tuple(pydicom.uid.JPEG2000TransferSyntaxes), "pylibjpeg pylibjpeg-openjpeg"),
+    (tuple(pydicom.uid.RLETransferSyntaxes), "pylibjpeg pylibjpeg-rle"),
+)
 
 
 # =============================================================== geometry
@@ -139,11 +154,12 @@ class _Frame:
     position: np.ndarray  # ImagePositionPatient (3,), LPS mm
     orientation: np.ndarray  # ImageOrientationPatient (6,)
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
-    slice_gap: float | None  # SpacingBetweenSlices, else SliceThickness (mm)
+    slice_gap: float | None  # SpacingBetweenSlices, else SliceThickness (mm): the step between frames
     slope: float
     intercept: float
     pixels: np.ndarray  # (Rows, Columns) stored values
     order: float | None = None  # InstanceNumber (single-frame files) or frame index: the file's own order
+    thickness: float | None = None  # SliceThickness, else SpacingBetweenSlices (mm): the depth of a lone slice
 
 
 def read_dicom(path: Path, *, progress: bool = False) -> Volume:
@@ -152,8 +168,10 @@ def read_dicom(path: Path, *, progress: bool = False) -> Volume:
     Values are rescaled to HU (RescaleSlope/RescaleIntercept, per frame); the
     array is int16 when every slope is 1, every intercept an integer and the
     values fit, else float32. The affine is RAS+ mm (see the module docstring).
-    A folder is read non-recursively; files that are not DICOM images (README,
-    DICOMDIR, files without the ``DICM`` preamble) are skipped.
+    A single slice reads as a one-slice volume ``(I, J, 1)``. A folder is read
+    non-recursively; files that are not DICOM images (README, DICOMDIR, files
+    without the ``DICM`` preamble) are skipped. A Segmentation (DICOM SEG) file
+    reads as a label map (`synthgen.io.dicom_seg.read_dicom_seg`).
 
     Raises:
         InputError: the path is missing, holds no DICOM image, a file is
@@ -167,6 +185,10 @@ def read_dicom(path: Path, *, progress: bool = False) -> Volume:
         ds = _read_file(path)
         if isinstance(ds, str):
             raise InputError(f"{path}: {ds}")
+        if str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE:
+            from synthgen.io.dicom_seg import seg_to_volume
+
+            return seg_to_volume(ds, path)
         datasets = [(path, ds)]
     else:
         raise InputError(f"{path}: no such file or folder")
@@ -174,7 +196,7 @@ def read_dicom(path: Path, *, progress: bool = False) -> Volume:
     frames = _sort_frames(frames, path)
     array = _stack(frames)
     ref = frames[0]
-    affine = _ras_affine([f.position for f in frames], ref.orientation, ref.pixel_spacing, ref.slice_gap or 1.0)
+    affine = _ras_affine([f.position for f in frames], ref.orientation, ref.pixel_spacing, ref.thickness or 1.0)
     return _volume(array, affine, path, [ds for _, ds in datasets], frames)
 
 
@@ -234,8 +256,9 @@ def _frames(ds: Dataset, file: Path) -> list[_Frame]:
             orientation = _numbers(sources, "ImageOrientationPatient", 6, file)
             spacing = _numbers(sources, "PixelSpacing", 2, file)
             position = _numbers(sources, "ImagePositionPatient", 3, file)
-            gap = _lookup(sources, "SpacingBetweenSlices") or _lookup(sources, "SliceThickness")
-            gap = abs(float(gap)) if gap else None
+            between, thickness = _lookup(sources, "SpacingBetweenSlices"), _lookup(sources, "SliceThickness")
+            gap = abs(float(between or thickness)) if (between or thickness) else None
+            thickness = abs(float(thickness or between)) if (thickness or between) else None
             if pixels.shape[0] > 1 and not per_frame_positions:
                 # plain multi-frame file: one position for the first frame, frames stacked along the normal
                 if not gap:
@@ -249,7 +272,8 @@ def _frames(ds: Dataset, file: Path) -> list[_Frame]:
             order = f if pixels.shape[0] > 1 else _lookup([ds], "InstanceNumber")
             order = None if order is None else float(order)
             frames.append(
-                _Frame(position, orientation, tuple(spacing.tolist()), gap, slope, intercept, pixels[f], order)
+                _Frame(position, orientation, tuple(spacing.tolist()), gap, slope, intercept, pixels[f], order,
+                       thickness)
             )
     except InputError:  # a ValueError too: our own message, pass it on as is
         raise
@@ -263,14 +287,31 @@ def _pixels(ds: Dataset, file: Path) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except _DECODER_ERRORS as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax)
-        raise InputError(f"{file}: cannot decode pixel data (transfer syntax {name}): {_one_line(e)}") from e
+        raise InputError(_decode_error(ds, file, e)) from e
     except _CORRUPT_ERRORS as e:
         raise InputError(f"{file}: truncated or corrupt DICOM file: {_one_line(e)}") from e
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(f"{file}: colour image (SamplesPerPixel {ds.SamplesPerPixel}); expected a grey-level CT image")
     return pixels.reshape((-1, *pixels.shape[-2:]))
+
+
+def _decode_error(ds: Dataset, file: Path, error: BaseException) -> str:
+    """One line on why pixel data did not decode: no decoder installed (and what to install), none exists, or bad data."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = str(getattr(syntax, "name", syntax))
+    try:
+        available = get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError, TypeError):  # pydicom has no decoder for this syntax at all
+        return (
+            f"{file}: cannot decode {name} pixel data: no decoder exists for this transfer syntax; "
+            "convert the file to uncompressed DICOM first (e.g. gdcmconv --raw)"
+        )
+    if not available:
+        package = next((pkg for uids, pkg in _DECODER_PACKAGES if syntax in uids), "pylibjpeg")
+        return f"{file}: cannot decode {name} pixel data: no decoder is installed; pip install {package}"
+    return f"{file}: truncated or corrupt {name} pixel data: {_one_line(error)}"
 
 
 def _has_per_frame(ds: Dataset, keyword: str) -> bool:
@@ -375,8 +416,8 @@ def _volume(
     marks = [_synthgen_mark(ds) for ds in datasets]
     mark = next((m for m in marks if m is not None), None)
     description = str(first.get("SeriesDescription", ""))
-    synthetic = mark is not None or any(
-        str(ds.get("SeriesDescription", "")).upper().startswith(_MARK) for ds in datasets
+    synthetic = (mark or {}).get("mark") == _MARK or (
+        mark is None and any(str(ds.get("SeriesDescription", "")).upper().startswith(_MARK) for ds in datasets)
     )
     multiframe = any(
         int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in datasets
@@ -389,7 +430,7 @@ def _volume(
         "sop_class": str(getattr(first.get("SOPClassUID"), "name", first.get("SOPClassUID", ""))),
         "rescale_applied": True,
         "n_slices": len(frames),
-        "slice_thickness_mm": frames[0].slice_gap,
+        "slice_thickness_mm": frames[0].thickness,
     }
     kind = kind if kind in ("intensity", "label") else "intensity"
     modality = str(first.get("Modality", "")) or "CT"
@@ -397,7 +438,7 @@ def _volume(
 
 
 def _synthgen_mark(ds: Dataset) -> dict[str, str] | None:
-    """The private SYNTHGEN block's contents, or None when the file carries none."""
+    """The private SYNTHGEN block's contents (``mark`` SYNTHETIC or DERIVED), or None when the file carries none."""
     try:
         block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR)
     except KeyError:
@@ -407,7 +448,7 @@ def _synthgen_mark(ds: Dataset) -> dict[str, str] | None:
         if block.get_tag(offset) in ds:
             value = block[offset].value
             values[name] = (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
-    return values if values.get("mark") == _MARK else None
+    return values if values.get("mark") in (_MARK, _DERIVED) else None
 
 
 def _one_line(error: BaseException) -> str:
@@ -541,7 +582,11 @@ def _new_uids() -> dict[str, str]:
 
 
 def _base_dataset(volume: Volume, sop_class: str, uids: dict[str, str], *, image_type: list[str]) -> Dataset:
-    """Patient/study/series/equipment tags and the synthetic marks; built from scratch, never copied."""
+    """Patient/study/series/equipment tags and synthgen's marks; built from scratch, never copied.
+
+    A synthetic volume is marked SYNTHETIC; any other (a converted real scan) DERIVED, with
+    anonymous patient tags: it is neither presented as synthetic nor carries its source's identity.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -560,20 +605,33 @@ def _base_dataset(volume: Volume, sop_class: str, uids: dict[str, str], *, image
     ds.Modality = "CT" if label else (volume.modality or "CT")
     ds.Manufacturer = "synthgen"
     ds.SoftwareVersions = synthgen.__version__
-    ds.SeriesDescription = "SYNTHETIC label map" if label else f"SYNTHETIC synthgen {volume.modality or 'CT'} image"
-    ds.PatientName, ds.PatientID = "SYNTHETIC^SYNTHGEN", "SYNTHETIC"
+    mark = _mark_of(volume)
+    ds.SeriesDescription = f"{mark} label map" if label else f"{mark} synthgen {volume.modality or 'CT'} image"
+    ds.PatientName, ds.PatientID = (("SYNTHETIC^SYNTHGEN", "SYNTHETIC") if mark == _MARK
+                                    else ("ANONYMOUS^SYNTHGEN", "ANONYMOUS"))
     ds.PatientBirthDate = ds.PatientSex = ""
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = uids["frame_of_reference"], ""
     ds.SeriesNumber = 1
-    ds.ImageComments = f"synthetic image generated by synthgen {synthgen.__version__}; not for diagnostic use"
+    ds.ImageComments = _comments(volume)
     ds.BurnedInAnnotation = "NO"
     ds.KVP = ds.AcquisitionNumber = ""
     block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True)
-    block.add_new(0x01, "LO", _MARK)
+    block.add_new(0x01, "LO", mark)
     block.add_new(0x02, "LO", volume.kind)
     block.add_new(0x03, "LO", str(volume.units)[:64])
     return ds
+
+
+def _mark_of(volume: Volume) -> str:
+    """SYNTHETIC for generated values, DERIVED for anything else synthgen writes (a converted real scan)."""
+    return _MARK if volume.synthetic is True else _DERIVED
+
+
+def _comments(volume: Volume) -> str:
+    if _mark_of(volume) == _MARK:
+        return f"synthetic image generated by synthgen {synthgen.__version__}; not for diagnostic use"
+    return f"converted by synthgen {synthgen.__version__}; identifiers removed; not for diagnostic use"
 
 
 def _set_pixels(ds: Dataset, frames: np.ndarray) -> None:
