@@ -186,6 +186,7 @@ def _expand_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
     target = out / Path(step.inputs[0]).name
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise InputError(f"{target} already exists; choose another --out or pass --overwrite")
+    cfg = dataclasses.replace(cfg, overwrite=cfg.overwrite or overwrite)
     return expand_job(step.inputs[0], cfg, out=target, log=lambda _: None, progress=_SHOW_PROGRESS.get())
 
 

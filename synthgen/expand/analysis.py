@@ -172,6 +172,10 @@ def write_analysis(a: Analysis, out_dir: str | Path, *, overwrite: bool = False)
     return paths
 
 
+#: The files `write_expansion_summary` writes into the expanded dataset's folder.
+SUMMARY_FILES = ("synthgen_expand.json", "synthgen_expand.png")
+
+
 def write_expansion_summary(a: Analysis, plan_dict: dict, counts: dict[str, int], out_dir: str | Path) -> dict[str, Path]:
     """``synthgen_expand.json`` (analysis before, plan, cases per class after) and
     ``synthgen_expand.png`` (cases per class before / after, rare classes in red)."""
@@ -180,7 +184,7 @@ def write_expansion_summary(a: Analysis, plan_dict: dict, counts: dict[str, int]
 
     out = Path(out_dir)
     after = {c.name: c.n_cases + counts.get(c.name, 0) for c in a.classes}
-    paths = {"summary": out / "synthgen_expand.json", "chart": out / "synthgen_expand.png"}
+    paths = {"summary": out / SUMMARY_FILES[0], "chart": out / SUMMARY_FILES[1]}
     before = {k: v for k, v in a.to_dict().items() if k != "dataset"}  # no path: copies stay identical
     doc = {"before": before, "plan": plan_dict, "cases_after": after}
     write_text(paths["summary"], json.dumps(doc, indent=1) + "\n", overwrite=True)

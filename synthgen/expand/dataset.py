@@ -2,8 +2,9 @@
 
 `read_dataset(path)` recognises the layout and returns a `Dataset`: its items (image, label
 file or class name), its class names, its task (``seg`` or ``cls``) and every problem found,
-item by item (missing or unreadable file, label map on another grid than its image, label
-values or class names the dataset does not declare). Items with a problem are kept out of
+item by item (missing or unreadable file, an image with NaN/inf voxels or not one 3D volume, a
+label map that is not integers >= 0 or on another grid than its image, label values or class
+names the dataset does not declare). Every file's voxels are read once here. Items with a problem are kept out of
 ``items`` and listed in ``problems``; nothing stops at the first one.
 
 Layouts:
@@ -129,6 +130,9 @@ def _labels_from_json(labels: Any, where: str) -> dict[int, str]:
     return out
 
 
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _read_nnunet(root: Path) -> Dataset:
     meta_path = root / "dataset.json"
     problems: list[tuple[str, str]] = []
@@ -138,6 +142,9 @@ def _read_nnunet(root: Path) -> Dataset:
             raw = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"{meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{meta_path}: expected a JSON object with \"labels\" (and optionally "
+                             f"\"training\"), got a JSON {_JSON_KINDS.get(type(raw), type(raw).__name__)}")
         classes = _labels_from_json(raw.get("labels"), str(meta_path))
     else:
         raise InputError(f"{root}: dataset.json missing (it declares the label names)")
@@ -239,50 +246,51 @@ def _read_csv(path: Path) -> Dataset:
 
 # ------------------------------------------------------------------ validation
 def _header(path: Path):
-    """(shape, affine) of an image file without reading its voxels where the format allows."""
+    """(shape, affine, volume or None) of an image file: for NIfTI from the header alone (its
+    voxels are read once, by `_contents`); other formats are read whole and the volume returned."""
     from synthgen.io import read
 
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
         img = nib.load(str(path))
-        return tuple(int(s) for s in img.shape[:3]), img.affine
+        return tuple(int(s) for s in img.shape[:3]), img.affine, None
     v = read(path)
-    return v.shape, v.affine
+    return v.shape, v.affine, v
+
+
+def _without_path(e: Exception, path: Path) -> str:
+    msg = str(e).splitlines()[0]
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+def _contents(path: Path, *, label: bool, volume=None) -> set[int] | None:
+    """Read ``path``'s voxels as the engines will (a 3D volume, finite values; a label map of
+    integers >= 0; ``volume``: already read) and return the label values (None for an image);
+    raises `InputError`."""
+    import numpy as np
+
+    from synthgen.io import as_label_map, read
+
+    if volume is None:
+        volume = read(path, kind="label" if label else None)
+    elif label:
+        volume = as_label_map(volume, name=str(path))
+    return {int(x) for x in np.unique(np.asarray(volume.numpy()))} if label else None
 
 
 def _validate(ds: Dataset, *, check_grids: bool) -> None:
-    import numpy as np
-
+    """Keep the items the engines can use; every other one goes to ``ds.problems`` with the reason."""
     good: list[Item] = []
     seen_values: set[int] = set()
     for it in ds.items:
-        err = None
-        if not it.image.exists():
-            err = f"image file missing: {it.image}"
-        elif ds.task == "seg" and (it.label is None or not it.label.exists()):
-            err = f"label file missing: {it.label}" if it.label else "no label file given"
-        elif ds.task == "cls" and it.class_name not in ds.classes.values():
-            err = f"unknown class {it.class_name!r} (declared: {', '.join(ds.classes.values())})"
-        if err is None and check_grids:
-            try:
-                shape, affine = _header(it.image)
-                if ds.task == "seg":
-                    lshape, laffine = _header(it.label)
-                    if lshape != shape or not np.allclose(laffine, affine, atol=1e-3):
-                        err = (f"label map on another grid than its image ({'x'.join(map(str, lshape))} vs "
-                               f"{'x'.join(map(str, shape))} voxels"
-                               f"{'' if lshape != shape else ', different affine'})")
-            except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised
-                err = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        if err is None and ds.task == "seg":
-            values = _label_values(it.label)  # every label map is read once here
-            unknown = sorted(values - set(ds.classes)) if ds.classes else []
-            if unknown:
-                err = f"label values not declared in the dataset's labels: {unknown}"
-            seen_values |= values
+        err, values = _item_problem(ds, it, check_grids=check_grids)
         if err is None:
             good.append(it)
+            seen_values |= values
         else:
             ds.problems.append((it.id, err))
     if ds.task == "seg" and not ds.classes:
@@ -290,9 +298,48 @@ def _validate(ds: Dataset, *, check_grids: bool) -> None:
     ds.items = good
 
 
-def _label_values(path: Path) -> set[int]:
+def _item_problem(ds: Dataset, it: Item, *, check_grids: bool) -> tuple[str | None, set[int]]:
+    """(why ``it`` cannot be used or None, its label values).
+
+    Each file is read once: the image's and label map's voxels are checked as the expander will
+    read them (NaN/inf, a 4-D or one-slice image, a float or negative label map are this item's
+    problem, not a stop halfway through writing), then the label values against the classes.
+    """
     import numpy as np
 
-    from synthgen.io import read
+    from synthgen.errors import InputError
 
-    return {int(v) for v in np.unique(np.asarray(read(path, kind="label").numpy()))}
+    if not it.image.exists():
+        return f"image file missing: {it.image}", set()
+    if ds.task == "seg" and (it.label is None or not it.label.exists()):
+        return (f"label file missing: {it.label}" if it.label else "no label file given"), set()
+    if ds.task == "cls" and it.class_name not in ds.classes.values():
+        return f"unknown class {it.class_name!r} (declared: {', '.join(ds.classes.values())})", set()
+    image_vol = label_vol = None
+    if check_grids:
+        try:
+            shape, affine, image_vol = _header(it.image)
+            if ds.task == "seg":
+                lshape, laffine, label_vol = _header(it.label)
+                if lshape != shape or not np.allclose(laffine, affine, atol=1e-3):
+                    return (f"label map on another grid than its image ({'x'.join(map(str, lshape))} vs "
+                            f"{'x'.join(map(str, shape))} voxels"
+                            f"{'' if lshape != shape else ', different affine'})"), set()
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised
+            return f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}", set()
+    values: set[int] = set()
+    role, path = "image", it.image
+    try:
+        if check_grids:
+            _contents(it.image, label=False, volume=image_vol)
+        if ds.task == "seg":
+            role, path = "label map", it.label
+            values = _contents(it.label, label=True, volume=label_vol)
+    except InputError as e:
+        return f"{role} {path.name}: {_without_path(e, path)}", set()
+    except Exception as e:  # noqa: BLE001 - as above
+        return f"unreadable {role} {path.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", set()
+    unknown = sorted(values - set(ds.classes)) if ds.classes else []
+    if unknown:
+        return f"label values not declared in the dataset's labels: {unknown}", set()
+    return None, values

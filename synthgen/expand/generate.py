@@ -12,10 +12,19 @@ Originals are never written: every synthetic name starts with ``synth_`` and is 
 the dataset before anything is written; the index is updated in a copy. With ``--out`` the
 originals are hard-linked (copied across file systems) into the new folder.
 
-Journal: each item's files are written atomically, then one line is appended (and fsynced) to
-``.synthgen_journal/rank<r>.jsonl``. A rerun skips every journaled item whose files are still
-there with the journaled hashes and redoes the rest, so a run killed at any moment finishes
-with no duplicate, missing or half-written item. Items are split across ranks by index; rank 0
+Journal: before an item is generated a line is appended to ``.synthgen_journal/started-rank<r>.jsonl``;
+its files are written atomically, then its record is appended (and fsynced) to
+``.synthgen_journal/rank<r>.jsonl``. Both carry the item's fingerprint (its plan entry and the plan
+seed). A rerun of the same plan skips every journaled item whose files are still there with the
+journaled hashes, removes the temp files a killed run left beside its targets, and redoes the
+rest, so a run killed at any moment finishes with no duplicate, missing or half-written item.
+
+Nothing is overwritten that is not this plan's own: before anything is written, every target is
+checked to stay inside the output folder through no symlinked folder (a symlinked ``imagesTr``
+stops the run), and an existing file at a target (a user's ``synth_...`` file, a ``dataset.json``
+in a non-empty ``--out``, an item journaled by a run with other settings) stops it too, naming the
+first such path, unless ``overwrite``. The manifest, index and summary are registered in
+``.synthgen_journal/shared.json`` before they are written, so a rerun may replace them. Items are split across ranks by index; rank 0
 merges the journals, sorted by index, into ``synthetic_manifest.jsonl`` and writes the index
 copy. Every item's content depends only on (plan seed, item index), so 1 or N ranks produce
 the same files.
@@ -23,6 +32,7 @@ the same files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -38,6 +48,7 @@ from synthgen import __version__
 from synthgen.errors import InputError
 from synthgen.expand.dataset import Dataset
 from synthgen.expand.plan import Plan, PlanItem
+from synthgen.io.safepath import check_parent, inside
 
 JOURNAL_DIR = ".synthgen_journal"
 MANIFEST = "synthetic_manifest.jsonl"
@@ -59,10 +70,15 @@ def _sha256(path: Path) -> str:
 
 
 def _targets(ds: Dataset, root: Path, item: PlanItem) -> tuple[Path, Path]:
+    """The item's image and label paths under ``root``; raises `InputError` for a path that would
+    leave ``root`` or pass through a symlinked folder (``imagesTr`` a link elsewhere)."""
     ext = ".nii.gz"
+    name = item.name  # the class part is checked there (`synthgen.expand.plan.item_stem`)
     if ds.layout == "nnunet":
-        return root / "imagesTr" / f"{item.name}_0000{ext}", root / "labelsTr" / f"{item.name}{ext}"
-    return root / "synthetic" / "images" / f"{item.name}{ext}", root / "synthetic" / "labels" / f"{item.name}{ext}"
+        img, lab = root / "imagesTr" / f"{name}_0000{ext}", root / "labelsTr" / f"{name}{ext}"
+    else:
+        img, lab = root / "synthetic" / "images" / f"{name}{ext}", root / "synthetic" / "labels" / f"{name}{ext}"
+    return inside(img, root), inside(lab, root)
 
 
 def _original_paths(ds: Dataset) -> set[Path]:
@@ -191,8 +207,8 @@ def _generate_diffusion_item(ds: Dataset, item: PlanItem, image_out: Path, label
                        lesion=(rec.get("lesions") or [{}])[0], generator_meta="expand text_to_ct")
 
 
-def _read_journal(path: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
+def _read_lines(path: Path) -> list[dict]:
+    out: list[dict] = []
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
@@ -200,7 +216,8 @@ def _read_journal(path: Path) -> dict[int, dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill: the item is redone
-        out[int(rec["index"])] = rec
+        if isinstance(rec, dict) and isinstance(rec.get("index"), int):
+            out.append(rec)
     return out
 
 
@@ -211,87 +228,264 @@ def _append(path: Path, rec: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _done(rec: dict, root: Path) -> bool:
-    o = rec["outputs"]
-    img, lab = root / o["image"], root / o["label"]
-    return img.exists() and lab.exists() and _sha256(img) == o["image_sha256"] and _sha256(lab) == o["label_sha256"]
+def _done(rec: dict, img: Path, lab: Path) -> bool:
+    """Whether ``rec`` journals ``img`` and ``lab`` and both are still there with its hashes."""
+    o = rec.get("outputs") or {}
+    return (img.is_file() and lab.is_file() and _sha256(img) == o.get("image_sha256")
+            and _sha256(lab) == o.get("label_sha256"))
 
 
-def _link_originals(ds: Dataset, out: Path) -> None:
-    """``--out``: the originals hard-linked (or copied) into ``out`` under the same relative paths."""
+@dataclasses.dataclass
+class _Journal:
+    """What earlier runs of this plan left in ``.synthgen_journal/`` (any rank's files count).
+
+    ``done``: items whose journaled files are still there with their hashes (skipped);
+    ``ours``: items a run of this plan began or finished (their files may be replaced);
+    ``shared``: the index / manifest / summary files a run registered before writing them.
+    A record counts only for the item whose fingerprint (`PlanItem.fingerprint`) it carries.
+    """
+
+    done: dict[int, dict]
+    ours: set[int]
+    shared: set[str]
+
+    @classmethod
+    def read(cls, root: Path, plan: Plan, targets: dict[int, tuple[Path, Path]]) -> _Journal:
+        jdir = root / JOURNAL_DIR
+        want = {it.index: (it.name, it.fingerprint(plan.seed)) for it in plan.items}
+        done: dict[int, dict] = {}
+        ours: set[int] = set()
+
+        def mine(rec: dict) -> bool:
+            return want.get(rec["index"]) == (rec.get("name"), rec.get("item"))
+
+        for p in sorted(jdir.glob(f"{_STARTED}*.jsonl")):
+            ours |= {r["index"] for r in _read_lines(p) if mine(r)}
+        for p in sorted(jdir.glob("rank*.jsonl")):
+            for r in _read_lines(p):
+                if not mine(r):
+                    continue
+                ours.add(r["index"])
+                img, lab = targets[r["index"]]
+                o = r.get("outputs") or {}
+                if (o.get("image"), o.get("label")) == (str(img.relative_to(root)), str(lab.relative_to(root))) \
+                        and _done(r, img, lab):
+                    done[r["index"]] = r
+        shared: set[str] = set()
+        if (jdir / _SHARED).exists():
+            try:
+                shared = set(json.loads((jdir / _SHARED).read_text()).get("outputs", []))
+            except (json.JSONDecodeError, AttributeError):
+                shared = set()
+        return cls(done=done, ours=ours, shared=shared)
+
+
+#: Journal files: ``started-rank<r>.jsonl`` (an item about to be written), ``shared.json`` (the
+#: files rank 0 writes once all items are done, registered before it writes them).
+_STARTED = "started-rank"
+_SHARED = "shared.json"
+
+
+def check_out(out: str | Path) -> Path:
+    """``--out`` must be a folder or a path where one can be made."""
+    p = check_parent(out)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {p}: is a file, not a folder")
+    return p
+
+
+def _shared_outputs(ds: Dataset, root: Path, *, in_place: bool) -> list[Path]:
+    """The files rank 0 writes after the items: manifest, updated index, expansion summary."""
+    from synthgen.expand.analysis import SUMMARY_FILES
+
+    if ds.layout == "nnunet":
+        index = root / ("dataset.synthgen.json" if in_place else "dataset.json")
+    else:
+        index = root / f"{ds.index_file.stem}.expanded{ds.index_file.suffix}"
+    return [root / MANIFEST, index, *(root / n for n in SUMMARY_FILES)]
+
+
+def _original_links(ds: Dataset, out: Path) -> dict[Path, Path]:
+    """``--out``: where each original goes in the copy (the same relative path, or ``originals/``)."""
+    links: dict[Path, Path] = {}
+    src_root = ds.root.resolve()
     for p in sorted({p for it in ds.items for p in (it.image, it.label) if p is not None}):
-        rel = p.resolve().relative_to(ds.root.resolve()) if p.resolve().is_relative_to(ds.root.resolve()) \
-            else Path("originals") / p.name
-        dst = out / rel
-        if dst.exists():
+        rel = p.resolve().relative_to(src_root) if p.resolve().is_relative_to(src_root) else Path("originals") / p.name
+        links[p] = inside(out / rel, out)
+    return links
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return b.is_file() and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=True))
+
+
+def _link_originals(links: dict[Path, Path]) -> None:
+    """Hard-link (or copy) the originals into the copy, each through a temp name, so a kill
+    never leaves a half-copied original under its real name."""
+    for src, dst in links.items():
+        if dst.exists() and _same_file(src, dst):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         try:
-            os.link(p, dst)
+            os.link(src, tmp)
         except OSError:
-            shutil.copy2(p, dst)
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _conflicts(targets: dict[int, tuple[Path, Path]], journal: _Journal, shared: list[Path], root: Path,
+               links: dict[Path, Path]) -> list[Path]:
+    """Existing files this run would replace that are not its own: a differing file where an
+    original goes, an item file no run of this plan wrote, an unregistered index/manifest/summary."""
+    bad = [dst for src, dst in links.items() if dst.exists() and not _same_file(src, dst)]
+    for i, paths in sorted(targets.items()):
+        if i not in journal.ours:
+            bad += [p for p in paths if p.exists() or p.is_symlink()]
+    bad += [p for p in shared if (p.exists() or p.is_symlink()) and str(p.relative_to(root)) not in journal.shared]
+    return bad
+
+
+def _check_folders(paths, root: Path) -> None:
+    """Every folder written into: inside ``root``, through no symlink, with no file as an ancestor."""
+    for folder in sorted({p.parent for p in paths}):
+        inside(folder, root)
+        check_parent(folder / "x")
+
+
+def _remove_own_temps(paths) -> list[Path]:
+    """Remove the temp entries (``.<name>.<random>.tmp...``) a killed run left beside ``paths``:
+    only those of these targets, so a rank never touches another rank's files in flight."""
+    removed: list[Path] = []
+    by_folder: dict[Path, set[str]] = {}
+    for p in paths:
+        by_folder.setdefault(p.parent, set()).add(p.name)
+    for folder, names in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            n = entry.name
+            if not n.startswith(".") or ".tmp" not in n or entry.is_symlink():
+                continue
+            dots = [k for k, c in enumerate(n) if c == "." and k > 0]
+            if not any(n[1:k] in names and ".tmp" in n[k:] for k in dots):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+@dataclasses.dataclass
+class _Outputs:
+    """Every path an expansion writes, checked (see `_check_outputs`)."""
+
+    targets: dict[int, tuple[Path, Path]]  # item index -> (image, label)
+    shared: list[Path]  # manifest, index, summary (rank 0, after the items)
+    links: dict[Path, Path]  # --out: original -> its place in the copy
+    journal: _Journal
+
+
+def _check_outputs(ds: Dataset, plan: Plan, root: Path, *, in_place: bool, overwrite: bool) -> _Outputs:
+    """Check every path before anything is written; raises `InputError` (`OverwriteError`)."""
+    from synthgen.errors import OverwriteError
+
+    targets = {it.index: _targets(ds, root, it) for it in plan.items}
+    originals = _original_paths(ds)
+    for p in (p for pair in targets.values() for p in pair):
+        if p.resolve() in originals:
+            raise InputError(f"{p}: a synthetic name collides with an original file; nothing was written")
+    jdir = inside(root / JOURNAL_DIR, root)
+    shared = [inside(p, root) for p in _shared_outputs(ds, root, in_place=in_place)]
+    links = {} if in_place else _original_links(ds, root)
+    _check_folders([*(p for pair in targets.values() for p in pair), *shared, *links.values(), jdir / _SHARED],
+                   root)
+    journal = _Journal.read(root, plan, targets)
+    if not overwrite:
+        bad = _conflicts(targets, journal, shared, root, links)
+        if bad:
+            raise OverwriteError(f"{bad[0]}: already exists and is not an output of this expansion "
+                                 f"({len(bad)} such file(s)); refusing to overwrite it (pass --overwrite)")
+    return _Outputs(targets=targets, shared=shared, links=links, journal=journal)
 
 
 def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int = 0, world: int = 1,
-           barrier=None, progress: bool = True) -> ExpandResult:
-    """Generate ``plan`` into ``ds`` (or a copy in ``out``); resumable, rank-splittable."""
+           barrier=None, progress: bool = True, overwrite: bool = False) -> ExpandResult:
+    """Generate ``plan`` into ``ds`` (or a copy in ``out``); resumable, rank-splittable.
+
+    Everything is checked before anything is written: every path stays inside the output
+    folder and passes through no symlinked folder, and no existing file is replaced unless it
+    is this plan's own output (journaled, or registered in the journal) or ``overwrite``.
+    A rerun first removes the temp files a killed run left beside its targets.
+    """
     from tqdm.auto import tqdm
+
+    from synthgen.io.atomic import write_text
 
     root = Path(out) if out is not None else ds.root
     if out is not None:
+        check_out(root)
         if root.resolve() == ds.root.resolve():
             raise InputError("--out is the dataset folder itself; leave --out out to expand in place")
-        if rank == 0:
-            _link_originals(ds, root)
-    originals = _original_paths(ds)
-    targets = {it.index: _targets(ds, root, it) for it in plan.items}
-    for img, lab in targets.values():
-        for p in (img, lab):
-            if p.resolve() in originals:
-                raise InputError(f"{p}: a synthetic name collides with an original file; nothing was written")
+    outs = _check_outputs(ds, plan, root, in_place=out is None, overwrite=overwrite)
+    if barrier is not None:
+        barrier()  # every rank has checked before any rank writes
     jdir = root / JOURNAL_DIR
-    jdir.mkdir(parents=True, exist_ok=True)
-    journal = jdir / f"rank{rank}.jsonl"
-    done = {}
-    for p in jdir.glob("rank*.jsonl"):  # any rank's earlier work counts (the split may change)
-        done.update({i: r for i, r in _read_journal(p).items() if _done(r, root)})
     mine = [it for it in plan.items if it.index % world == rank]
+    _remove_own_temps([p for it in mine for p in outs.targets[it.index]])
+    if rank == 0:
+        _remove_own_temps([*outs.shared, *outs.links.values(), jdir / _SHARED])
+        _link_originals(outs.links)
+    jdir.mkdir(parents=True, exist_ok=True)
+    journal_path, started = jdir / f"rank{rank}.jsonl", jdir / f"{_STARTED}{rank}.jsonl"
     written, skipped = [], []
     for it in tqdm(mine, desc="expand", disable=not progress):
-        if it.index in done and done[it.index]["name"] == it.name:
+        if it.index in outs.journal.done:
             skipped.append(it.name)
             continue
-        img, lab = targets[it.index]
+        img, lab = outs.targets[it.index]
+        fp = it.fingerprint(plan.seed)
+        _append(started, {"index": it.index, "name": it.name, "item": fp})  # its files are ours from here
         img.parent.mkdir(parents=True, exist_ok=True)
         lab.parent.mkdir(parents=True, exist_ok=True)
         rec = _generate_item(ds, it, img, lab)
         rec["parameters"]["plan_seed"] = plan.seed
         rec["outputs"].update(image=str(img.relative_to(root)), label=str(lab.relative_to(root)))
-        _append(journal, rec)
+        rec["item"] = fp
+        _append(journal_path, rec)
         written.append(it.name)
     if barrier is not None:
         barrier()
     manifest = index = None
     if rank == 0:
-        manifest, index = _finish(ds, plan, root, in_place=out is None)
+        registered = sorted(outs.journal.shared | {str(p.relative_to(root)) for p in outs.shared})
+        write_text(jdir / _SHARED, json.dumps({"outputs": registered}, indent=1) + "\n", overwrite=True)
+        manifest, index = _finish(ds, plan, root, outs.targets, in_place=out is None)
     return ExpandResult(root=root, written=written, skipped=skipped, manifest=manifest, index=index)
 
 
-def _finish(ds: Dataset, plan: Plan, root: Path, *, in_place: bool) -> tuple[Path, Path]:
+def _finish(ds: Dataset, plan: Plan, root: Path, targets: dict[int, tuple[Path, Path]], *,
+            in_place: bool) -> tuple[Path, Path]:
     """Merge the journals into the manifest (sorted by index) and write the updated index copy."""
     from synthgen.io.atomic import write_text
 
-    recs: dict[int, dict] = {}
-    for p in sorted((root / JOURNAL_DIR).glob("rank*.jsonl")):
-        recs.update({i: r for i, r in _read_journal(p).items() if _done(r, root)})
+    recs = _Journal.read(root, plan, targets).done
     wanted = {it.index for it in plan.items}
     missing = sorted(wanted - set(recs))
     if missing:
         raise InputError(f"{len(missing)} planned item(s) not generated yet (first: index {missing[0]}); "
                          "run the same command again to finish")
-    lines = [json.dumps(recs[i], sort_keys=True) for i in sorted(wanted)]
-    manifest = write_text(root / MANIFEST, "\n".join(lines) + "\n", overwrite=True)
-    index = _write_index(ds, [recs[i] for i in sorted(wanted)], root, in_place=in_place)
+    done = [{k: v for k, v in recs[i].items() if k != "item"} for i in sorted(wanted)]
+    lines = [json.dumps(r, sort_keys=True) for r in done]
+    manifest = write_text(root / MANIFEST, "".join(line + "\n" for line in lines), overwrite=True)
+    index = _write_index(ds, done, root, in_place=in_place)
     return manifest, index
 
 

@@ -30,15 +30,18 @@ class ExpandSettings:
     generator: str = "insert"  # insert (lesion engine into real hosts) | diffusion (whole text -> CT cases)
     dry_run: bool = False
     analyse_only: bool = False
+    overwrite: bool = False  # replace files in the output that are not this plan's own journaled outputs
 
 
 def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path | None = None,
                log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
     from synthgen.expand.analysis import analyse, format_table, write_analysis, write_expansion_summary
     from synthgen.expand.dataset import read_dataset
-    from synthgen.expand.generate import expand
+    from synthgen.expand.generate import check_out, expand
     from synthgen.expand.plan import Target, make_plan
 
+    if out is not None:
+        check_out(out)  # before any reading: an --out that cannot be a folder fails at once
     ds = read_dataset(dataset)
     if ds.problems:
         log(ds.summary())
@@ -68,7 +71,8 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         barrier = dist.barrier
-    res = expand(ds, plan, out=out_path, rank=rank, world=world, barrier=barrier, progress=progress)
+    res = expand(ds, plan, out=out_path, rank=rank, world=world, barrier=barrier, progress=progress,
+                 overwrite=settings.overwrite)
     paths: dict[str, Path] = {"dataset": res.root}
     if rank == 0:
         summary = write_expansion_summary(a, plan.to_dict(), plan.counts, res.root)

@@ -20,18 +20,27 @@ classes that are not lesions, the host organ is read by the shipped organ segmen
 (``lesion_insert_segmented``, `synthgen.expand.organs`) and sizes default to 20 mm.
 Other classes (organs, normal anatomy) are not generated: the plan says so with an error.
 Every item's seed derives from (run seed, item index) only.
+
+Class names come from the dataset and become part of file names (``synth_<class>_<n>``): a
+generated class's name is checked once here (`item_stem`): whitespace becomes ``_``, and a name
+that still is not one safe path component (``/``, ``..``, control characters...) stops the plan
+with an error naming it, before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import re
 
 import numpy as np
 
 from synthgen.errors import InputError
 from synthgen.expand.analysis import Analysis
 from synthgen.expand.dataset import Dataset
+from synthgen.io.safepath import safe_name
 
 GENERATORS = ("lesion_insert",)
 
@@ -77,7 +86,24 @@ class PlanItem:
 
     @property
     def name(self) -> str:
-        return f"synth_{self.class_name}_{self.index:04d}"
+        return f"synth_{item_stem(self.class_name)}_{self.index:04d}"
+
+    def fingerprint(self, plan_seed: int) -> str:
+        """A digest of everything that decides this item's files: the journal counts a record as
+        this item's only when it carries the same digest (a rerun with other settings redoes it)."""
+        doc = json.dumps({"plan_seed": plan_seed, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def item_stem(class_name: str) -> str:
+    """The part of a synthetic file name a class contributes: ``kidney cyst`` -> ``kidney_cyst``;
+    raises `InputError` for a name that cannot be one path component (``liver/tumor``, ``../x``)."""
+    stem = re.sub(r"\s+", "_", str(class_name).strip())
+    try:
+        return safe_name(stem, what="class name")
+    except InputError as e:  # name the class as the dataset spells it, not its stem
+        raise InputError(f"{str(e).replace(repr(stem), repr(class_name), 1)}; rename the class in the dataset's "
+                         "labels, or name the rare classes to generate with --rare") from None
 
 
 @dataclasses.dataclass
@@ -239,6 +265,7 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
         if n == 0:
             notes.append(f"{name} already meets the target")
             continue
+        item_stem(name)  # the class becomes part of file names: a path-unsafe name stops the plan here
         lesion = lesion_of_class(name)
         if lesion is None:
             raise InputError(f"cannot generate class {name!r}: only lesion classes (tumour, cyst, metastasis, "
