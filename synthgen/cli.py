@@ -285,7 +285,7 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     settings = ExpandSettings(rare=args.rare, rare_fraction=args.rare_fraction, target=args.target,
                               budget=args.budget, size=args.size, seed=args.seed, hold_out=args.hold_out,
                               generator=args.generator,
-                              dry_run=args.dry_run, analyse_only=args.analyse)
+                              dry_run=args.dry_run, analyse_only=args.analyse, overwrite=args.overwrite)
     paths = expand_job(args.dataset, settings, out=args.out, progress=args.progress)
     for role, p in paths.items():
         print(f"{role:8s} {p}")
@@ -464,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan on the fixed training split only, so `synthgen evaluate`'s val/test scans host nothing")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--out", default=None, help="write an expanded copy here (default: into the dataset folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files that are not this run's own journaled outputs")
     p.set_defaults(func=_cmd_expand)
 
     p = sub.add_parser("evaluate", help="train a downstream model with and without the synthetic cases; report")
