@@ -58,6 +58,7 @@ def _vocab(path: str | None):
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from synthgen.io import format_for_output, read, write
+    from synthgen.io.atomic import check_writable
     from synthgen.io.case import sidecar_path
     from synthgen.io.record import make_record, write_record
 
@@ -65,6 +66,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not args.overwrite:
         raise InputError(f"{dst}: output is the input; refusing to overwrite it (pass --overwrite)")
     fmt = format_for_output(dst, args.format)
+    if fmt != "dicom":  # a series folder is checked by its own writer (only its own files are replaced)
+        check_writable(dst, overwrite=args.overwrite)
     vol = read(src, kind="label" if args.as_labels else None, allow_one_slice=True, progress=args.progress)
     record_path = sidecar_path(dst)
     if record_path.exists() and not args.overwrite:
@@ -262,9 +265,11 @@ def _run_check(ct, labels, pipe, *, phase, out: Path | None, overwrite: bool) ->
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from synthgen.fidelity import check_phase
     from synthgen.io import read_pair
     from synthgen.pipelines.latent_ct import MaskToCTPipeline
 
+    check_phase(args.phase)
     ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
     try:  # the weights carry the training thumbnails and the organ segmenter
         pipe = MaskToCTPipeline.from_pretrained(args.weights)

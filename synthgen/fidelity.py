@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from synthgen.errors import InputError
+from synthgen.errors import InputError, did_you_mean
 from synthgen.volume import Volume
 
 DICE_PASS = 0.85
@@ -258,10 +258,23 @@ def organ_adherence(ct: Volume, labels: Volume, segmenter) -> dict[str, dict]:
     return out
 
 
+def check_phase(phase: str | None) -> str | None:
+    """``phase`` if it is one of the reference table's phases; None (or ``"auto"``): estimate it."""
+    from synthgen.lesions.appearance import PHASES
+
+    if phase is None or phase == "auto":
+        return None
+    if phase not in PHASES:
+        hint = did_you_mean(str(phase), PHASES)
+        raise InputError(f"unknown phase {phase!r}{hint}; valid: {', '.join(PHASES)} (or auto: estimated from the CT)")
+    return phase
+
+
 def check(ct: Volume, labels: Volume, *, phase: str | None = None, training: np.ndarray | None = None,
           training_sources: Sequence[str] | None = None, segmenter=None) -> dict:
     """All checks; ``phase`` None = estimated from the CT (`estimate_phase`); ``segmenter`` adds
     the organ Dice of `organ_adherence`."""
+    phase = check_phase(phase)
     ct.check_same_grid(labels, names=("CT", "label map"))
     if phase is None:
         from synthgen.lesions.appearance import estimate_phase

@@ -164,3 +164,24 @@ def test_output_under_a_file_is_one_line(capsys, tmp_path, small_phantom, comman
         code, err = _cli(capsys, "drr", ct_path, "--size", "16", "--out", tmp_path / "afile" / "d")
     assert code == 2 and len(err.splitlines()) == 1 and "is a file, not a folder" in err, err
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("override, message", [("steps=0", "steps must be a positive integer, got 0"),
+                                               ("seeds=-1", "seeds must be a positive integer, got -1"),
+                                               ("lr=nan", "lr must be a finite number > 0"),
+                                               ("foreground_p=2", "foreground_p must be in")])
+def test_evaluate_config_values_are_checked(override, message):
+    from synthgen.config import load_config
+    from synthgen.expand.evaluate import EvalConfig
+
+    with pytest.raises(InputError, match=message):
+        load_config(EvalConfig, overrides=[override])
+
+
+@pytest.mark.parametrize("text", ["{junk", "[1, 2]", "\xff\xfe"])
+def test_a_junk_pipeline_folder_is_one_line(capsys, tmp_path, text):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "pipeline.json").write_bytes(text.encode("latin-1"))
+    code, err = _cli(capsys, "generate", "chest CT", "--weights", weights, "--out", tmp_path / "o")
+    assert code == 2 and len(err.splitlines()) == 1 and "pipeline.json" in err, err

@@ -19,6 +19,7 @@ rendering is then deterministic apart from the noise, which comes from the same
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +128,13 @@ def phantom(
 
 
 # ------------------------------------------------------------------ validation
+#: Peak memory of `phantom` per voxel, measured (13.5 B: HU and label canvases, block
+#: coordinates, the noise), rounded up for the caller's copies.
+BYTES_PER_VOXEL = 20
+#: Voxel sizes that make a phantom: below, a torso needs more than 10^4 voxels a side; above, one voxel.
+SPACING_RANGE_MM = (0.05, 100.0)
+
+
 def _check_args(
     shape: Any, spacing: Any, seed: Any, noise_hu: Any, contrast: Any
 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
@@ -136,13 +144,23 @@ def _check_args(
         shp = ()
     if len(shp) != 3 or not all(_is_int(s) and s > 0 for s in shp):
         raise InputError(f"shape must be 3 positive ints (voxels along i, j, k), got {shape!r}")
+    from synthgen.memory import format_gib, memory_shortfall, shape_text
     from synthgen.volume import as_spacing_mm
 
+    need = math.prod(int(n) for n in shp) * BYTES_PER_VOXEL
+    short = memory_shortfall(need)
+    if short:
+        raise InputError(f"shape {shape_text(shp)} would need about {format_gib(need)} to build, {short}; "
+                         "use a smaller shape (and a larger spacing)")
     sp = tuple(float(v) for v in as_spacing_mm(spacing))
+    if not all(SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1] for v in sp):
+        raise InputError(f"spacing must be 3 floats in {SPACING_RANGE_MM[0]:g}-{SPACING_RANGE_MM[1]:g} mm "
+                         f"(the phantom torso is ~380 mm wide), got {sp}")
     if not _is_int(seed) or seed < 0:
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
-    if isinstance(noise_hu, bool) or not isinstance(noise_hu, (int, float, np.number)) or not noise_hu >= 0:
-        raise InputError(f"noise_hu must be a number >= 0 (HU standard deviation), got {noise_hu!r}")
+    if (isinstance(noise_hu, bool) or not isinstance(noise_hu, (int, float, np.number))
+            or not 0 <= noise_hu <= 1000):
+        raise InputError(f"noise_hu must be a number >= 0 (HU standard deviation, at most 1000), got {noise_hu!r}")
     if not isinstance(contrast, (bool, np.bool_)):
         raise InputError(f"contrast must be True or False, got {contrast!r}")
     return shp, sp  # type: ignore[return-value]

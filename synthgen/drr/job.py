@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -33,13 +35,77 @@ class DRRConfig:
     seed: int = 0
     physics: XRaySettings = dataclasses.field(default_factory=XRaySettings)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `InputError` for any value out of range; the physics validates itself (`XRaySettings`).
+
+        Also run by `projections`, as the config is mutable.
+        """
+        size = list(self.size)
+        if len(size) not in (1, 2) or not all(_is_int(n) and 1 <= n <= MAX_DETECTOR_PIXELS for n in size):
+            raise InputError(f"size must be 1 or 2 ints (rows, cols) in 1..{MAX_DETECTOR_PIXELS}, got {size}"
+                             + (_would_need(size[0], size[-1]) if size else ""))
+        if self.spacing_mm is not None and not _positive(self.spacing_mm, 1e3):
+            raise InputError(f"spacing_mm must be 2 positive floats in mm (one number here: square pixels, "
+                             f"at most 1000), got {self.spacing_mm!r}")
+        if not _positive(self.sdd_mm, 1e5):
+            raise InputError(f"sdd_mm must be a positive number of mm (at most 100000), got {self.sdd_mm!r}")
+        if self.sid_mm is not None and not (_positive(self.sid_mm, 1e5) and self.sid_mm < self.sdd_mm):
+            raise InputError(f"sid_mm must be a positive number of mm below sdd_mm ({self.sdd_mm:g}), got {self.sid_mm!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.physics, XRaySettings):
+            raise InputError(f"physics must be XRaySettings, got {type(self.physics).__name__}")
+
+
+#: Largest detector side in pixels (a 16384^2 view is ~40 GiB to render).
+MAX_DETECTOR_PIXELS = 16384
+#: Memory of a rendering per detector pixel, measured on CPU (rays, material line integrals,
+#: intensity, noise, scatter, display: ~140 B), and per pixel with projected labels (~210 B
+#: with 55 structures); rounded up: this is to refuse what cannot work, not to plan.
+BYTES_PER_PIXEL = 160
+BYTES_PER_PIXEL_LABELS = 256
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _positive(v: object, high: float) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= high
+
+
+def _would_need(rows: object, cols: object) -> str:
+    """``" (a 100000x100000 view would need about 1,490 GiB of memory)"`` when that is 1 GiB or more, else ``""``."""
+    from synthgen.memory import format_gib
+
+    if not (_is_int(rows) and _is_int(cols)) or min(rows, cols) < 1:
+        return ""
+    need = rows * cols * BYTES_PER_PIXEL
+    return f" (a {rows}x{cols} view would need about {format_gib(need)} of memory)" if need >= 2**30 else ""
+
+
+def check_memory(views: list[Projection], *, labels: bool) -> None:
+    """Raise `InputError` naming the first view whose rendering cannot fit in this machine's memory."""
+    from synthgen.memory import format_gib, memory_shortfall
+
+    per_px = BYTES_PER_PIXEL_LABELS if labels else BYTES_PER_PIXEL
+    for p in views:
+        rows, cols = (int(n) for n in p.size)
+        need = rows * cols * per_px
+        short = memory_shortfall(need)
+        if short:
+            raise InputError(f"view {p.name}: {rows}x{cols} detector pixels would need about {format_gib(need)} "
+                             f"to render, {short}; use a smaller detector size")
+
 
 def projections(config: DRRConfig, ct: Volume) -> list[Projection]:
     """The geometries a config asks for: its named views, then its geometry files."""
+    config.validate()
     if not config.views and not config.geometry:
         raise InputError("no view to render: give --view and/or --geometry")
-    if len(config.size) not in (1, 2) or min(config.size) < 1:
-        raise InputError(f"size must be 1 or 2 positive ints (rows, cols), got {list(config.size)}")
     size = (config.size[0], config.size[-1])
     kw = {"size": size, "spacing_mm": config.spacing_mm, "sdd_mm": config.sdd_mm}
     if config.sid_mm is not None:
@@ -47,12 +113,31 @@ def projections(config: DRRConfig, ct: Volume) -> list[Projection]:
     out = [parse_view(v, ct, **kw) for v in config.views]
     for g in config.geometry:
         p = Projection.from_json(g)
+        rows, cols = (int(n) for n in p.size)
+        if max(rows, cols) > MAX_DETECTOR_PIXELS:
+            raise InputError(f"{g}: size {rows}x{cols} pixels; at most {MAX_DETECTOR_PIXELS} per side"
+                             + _would_need(rows, cols))
         p.check_faces(ct)
         out.append(p)
     names = [safe_name(p.name, what="view name") for p in out]  # each names the view's files
     if len(set(names)) != len(names):
         raise InputError(f"two views share a name ({', '.join(names)}); give geometry files distinct names")
     return out
+
+
+def view_paths(stem: str, out_dir: str | os.PathLike, *, labels: bool) -> dict[str, Path]:
+    """The files `write_drr` writes for view ``stem`` (the label files when ``labels``)."""
+    out = Path(out_dir)
+    paths = {
+        "display": out / f"{stem}.png",
+        "line_integral": out / f"{stem}_line_integral.npy",
+        "intensity": out / f"{stem}_intensity.npy",
+        "record": out / f"{stem}.json",
+    }
+    if labels:
+        paths["labels"] = out / f"{stem}_labels.npz"
+        paths["overlay"] = out / f"{stem}_overlay.png"
+    return paths
 
 
 def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, record: dict | None = None) -> dict[str, Path]:
@@ -64,17 +149,7 @@ def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     from synthgen.io.atomic import atomic_path, check_writable
     from synthgen.io.record import write_record
 
-    out = Path(out_dir)
-    stem = drr.projection.name
-    paths = {
-        "display": out / f"{stem}.png",
-        "line_integral": out / f"{stem}_line_integral.npy",
-        "intensity": out / f"{stem}_intensity.npy",
-        "record": out / f"{stem}.json",
-    }
-    if drr.masks:
-        paths["labels"] = out / f"{stem}_labels.npz"
-        paths["overlay"] = out / f"{stem}_overlay.png"
+    paths = view_paths(drr.projection.name, out_dir, labels=bool(drr.masks))
     for p in paths.values():
         check_writable(p, overwrite=overwrite)
     _save_png16(to_uint16(drr.display.detach().cpu()), paths["display"], overwrite=overwrite)
@@ -146,8 +221,12 @@ def run(
     from synthgen.io.atomic import check_writable
     from synthgen.io.record import make_record
 
-    config_path = check_writable(Path(out_dir) / "config.yaml", overwrite=overwrite)
-    views = projections(config, ct)
+    config_path = check_writable(Path(out_dir) / "config.yaml", overwrite=overwrite)  # also: no parent is a file
+    views = projections(config, ct)  # every view's geometry, size and memory: before anything is written
+    check_memory(views, labels=labels is not None)
+    for proj in views:
+        for p in view_paths(proj.name, out_dir, labels=labels is not None).values():
+            check_writable(p, overwrite=overwrite)
     record = make_record("synthgen.drr", parameters={}, seed=config.seed, inputs=list(inputs))
     renderer = DRRRenderer(ct, labels=labels, bone_hu=config.physics.bone_hu)
     written = {}

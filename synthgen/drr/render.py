@@ -10,6 +10,7 @@ mapping. Labels project to exact per-structure thicknesses and masks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from synthgen.drr.geometry import Projection, rays
 from synthgen.drr.raycast import Method, project_labels, project_volume
 from synthgen.errors import InputError
 from synthgen.volume import Volume
-
 
 DEFAULT_KVP = 120.0
 
@@ -51,16 +51,40 @@ class XRaySettings:
     def __post_init__(self) -> None:
         if self.kvp is not None and self.kev is not None:
             raise InputError(f"give one of kvp or kev, not both, got kvp={self.kvp}, kev={self.kev}")
-        if self.photons_per_pixel is not None and not self.photons_per_pixel > 0:
-            raise InputError(f"photons_per_pixel (dose) must be > 0, got {self.photons_per_pixel}")
+        if self.kvp is not None:
+            _number("kvp", self.kvp, *physics.KVP_RANGE, unit=" kV")
+        if self.kev is not None:
+            _number("kev", self.kev, *physics.table_range_kev(), unit=" keV (the attenuation table's range)")
+        _number("filtration_mm_al", self.filtration_mm_al, 0.0, 50.0, unit=" mm of Al")
+        if self.photons_per_pixel is not None and not (
+                _is_number(self.photons_per_pixel) and 0 < self.photons_per_pixel <= 1e12):
+            raise InputError(f"photons_per_pixel (dose) must be > 0 (and at most 1e12), got {self.photons_per_pixel}")
+        _number("electronic_std_photons", self.electronic_std_photons, 0.0, 1e9)
+        _number("scatter_to_primary", self.scatter_to_primary, 0.0, 10.0)
+        _number("bone_hu", self.bone_hu, 100.0, 10000.0, unit=" HU")
+        if self.display_high is not None:
+            _number("display_high (line integral shown as white)", self.display_high, 0.0, 1e3, low_open=True)
+        _number("mask_threshold_mm", self.mask_threshold_mm, 0.0, 1e4, unit=" mm")
         if self.detector not in ("energy_integrating", "photon_counting"):
             raise InputError(f"detector must be 'energy_integrating' or 'photon_counting', got {self.detector!r}")
         if self.display not in ("radiograph", "fluoroscopy"):
             raise InputError(f"display must be 'radiograph' or 'fluoroscopy', got {self.display!r}")
         if self.method not in ("joseph", "siddon"):
             raise InputError(f"method must be 'joseph' or 'siddon', got {self.method!r}")
-        if not self.mask_threshold_mm >= 0:
-            raise InputError(f"mask_threshold_mm must be >= 0, got {self.mask_threshold_mm}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    return ok and math.isfinite(float(value))
+
+
+def _number(name: str, value: Any, lo: float, hi: float, *, low_open: bool = False, unit: str = "") -> float:
+    """``value`` as a float if it is a finite number in [lo, hi] ((lo, hi] with ``low_open``), else `InputError`."""
+    v = float(value) if _is_number(value) else math.nan
+    if not (math.isfinite(v) and (lo < v if low_open else lo <= v) and v <= hi):
+        raise InputError(f"{name} must be a number in {'(' if low_open else '['}{lo:g}, {hi:g}]{unit}, got {value!r}")
+    return v
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

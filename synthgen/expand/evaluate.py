@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -59,6 +60,24 @@ class EvalConfig:
     max_class_weight: float = 30.0
     split_seed: int = 0
     rare: str = "auto"  # the classes judged: auto (the expander's rule) or comma-separated names
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "batch", "val_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "max_class_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+        if not 0.0 <= self.foreground_p <= 1.0:
+            raise InputError(f"foreground_p must be in [0, 1], got {self.foreground_p!r}")
+        for name in ("patch", "size", "channels"):
+            value = getattr(self, name)
+            if not value or min(value) < 1:
+                raise InputError(f"{name} must be positive integers, got {list(value)}")
+        if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
+            raise InputError(f"spacing must be a finite number of mm > 0 (or null), got {self.spacing!r}")
 
 
 @dataclasses.dataclass

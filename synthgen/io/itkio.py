@@ -6,6 +6,7 @@ ITK stores geometry in LPS; this module is where it becomes RAS+.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,11 @@ def read_itk(path: Path, fmt: str) -> Volume:
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: sizes are checked before any voxel is read
+        _check_header(reader, path)
+        img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)  # (K, J, I) for 3D
     except RuntimeError as e:
         msg = str(e).strip().splitlines()
@@ -52,6 +57,26 @@ def read_itk(path: Path, fmt: str) -> Volume:
         synthetic=mark.startswith("SYNTHETIC"),
         meta={"format": fmt},
     )
+
+
+def _check_header(reader, path: Path) -> None:
+    """Refuse a header whose sizes are not positive or whose voxels would not fit in memory."""
+    import SimpleITK as sitk
+
+    from synthgen.memory import check_fits, shape_text
+
+    size = tuple(int(n) for n in reader.GetSize())
+    if not size or min(size) < 1:
+        raise InputError(f"{path}: header says {shape_text(size) or 'no'} voxels: a negative or zero dimension")
+    ncomp = max(1, int(reader.GetNumberOfComponents()))
+    try:  # numpy dtype of the pixel type, from a one-voxel image of it
+        one = sitk.Image([1] * len(size), reader.GetPixelID(), ncomp)
+        dtype = sitk.GetArrayViewFromImage(one).dtype
+        name, itemsize = dtype.name, dtype.itemsize
+    except (RuntimeError, TypeError, ValueError):
+        name, itemsize = sitk.GetPixelIDValueAsString(reader.GetPixelID()), 8
+    per_voxel = f" x {ncomp} components" if ncomp > 1 else ""
+    check_fits(math.prod(size) * itemsize * ncomp, f"{path}: header says {shape_text(size)} {name}{per_voxel}".rstrip())
 
 
 def write_itk(volume: Volume, path: Path, *, overwrite: bool = False) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import zlib
 from pathlib import Path
 
@@ -21,7 +23,10 @@ def read_nifti(path: Path) -> Volume:
 
     try:
         img = nib.load(str(path))
+        _check_header(img, path)
         raw = np.asanyarray(img.dataobj.get_unscaled())
+    except InputError:
+        raise
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as e:
         raise InputError(f"{path}: truncated or corrupt NIfTI file ({_short(e)})") from e
     hdr = img.header
@@ -38,6 +43,31 @@ def read_nifti(path: Path) -> Volume:
         synthetic=descrip.startswith(SYNTHETIC_MARK),
         meta={"format": "nifti", "descrip": descrip, "xyzt_units": hdr.get_xyzt_units()[0]},
     )
+
+
+def _check_header(img, path: Path) -> None:
+    """Refuse, before any voxel is read, a header whose dimensions are not positive, whose
+    voxels would not fit in memory, or (uncompressed files) that promises more bytes than
+    the file holds: a forged header must not become a `MemoryError` or `OverflowError`."""
+    from synthgen.memory import check_fits, shape_text
+
+    shape = tuple(int(n) for n in img.header.get_data_shape())
+    if not shape or min(shape) < 1:
+        raise InputError(f"{path}: header says {shape_text(shape) or 'no'} voxels: a negative or zero dimension")
+    dtype = np.dtype(img.header.get_data_dtype())
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    check_fits(nbytes, f"{path}: header says {shape_text(shape)} {dtype.name}")
+    fname = getattr(img.dataobj, "file_like", None)
+    if isinstance(fname, str) and not fname.lower().endswith(_COMPRESSED) and os.path.isfile(fname):
+        offset = int(getattr(img.dataobj, "offset", 0))
+        have = os.path.getsize(fname)
+        if have < offset + nbytes:
+            raise InputError(
+                f"{path}: truncated or corrupt NIfTI file: header says {shape_text(shape)} {dtype.name} "
+                f"({nbytes} bytes of voxels from byte {offset}), but the file has only {have} bytes")
+
+
+_COMPRESSED = (".gz", ".bz2", ".zst")
 
 
 def _short(e: BaseException) -> str:

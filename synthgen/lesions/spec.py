@@ -7,18 +7,21 @@ every field is validated here, with the closest valid name suggested for typos.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from synthgen.errors import InputError, did_you_mean
-
 from synthgen.lesions.appearance import LESION_TYPES
 from synthgen.lesions.appearance import ORGANS as ORGAN_FAMILIES  # organ families of the appearance table
 from synthgen.lesions.appearance import PHASES as _TABLE_PHASES
 
 PHASES = ("auto", *_TABLE_PHASES)
+#: Most lesions of one spec: more cannot be placed apart from each other in any organ.
+MAX_COUNT = 100
 #: Surface irregularity by type: cysts are smooth and round, haemorrhages and tumours irregular.
 _DEFAULT_LOBULATION = {"tumor": 0.25, "cyst": 0.05, "metastasis": 0.2, "nodule_solid": 0.15,
                        "nodule_ground_glass": 0.2, "hemorrhage": 0.3}
@@ -86,15 +89,19 @@ class LesionSpec:
         if self.type.startswith("nodule") and family != "lung":
             raise InputError(f"{self.type} lesions go into the lung, got organ {self.organ!r}")
         object.__setattr__(self, "diameter_mm", _diameter(self.diameter_mm))
-        if not isinstance(self.count, int) or self.count < 1:
-            raise InputError(f"count must be a positive integer, got {self.count!r}")
+        if not _is_int(self.count) or not 1 <= self.count <= MAX_COUNT:
+            raise InputError(f"count must be a positive integer (at most {MAX_COUNT}), got {self.count!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.rim is not None and not isinstance(self.rim, bool):
+            raise InputError(f"rim must be true, false or null (by the appearance table), got {self.rim!r}")
         object.__setattr__(self, "location", _location(self.location))
         for name, lo, hi in (("margin_mm", 0, 100), ("necrosis", 0, 0.8), ("mass_effect_mm", 0, 20),
                              ("lobulation", 0, 1), ("spiculation", 0, 1)):
             value = getattr(self, name)
             if value is None:
                 continue
-            if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise InputError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
 
     @property
@@ -140,6 +147,10 @@ class LesionSpec:
             raise InputError(f"{where}: {e}") from e
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _diameter(value: Any) -> float | tuple[float, float]:
     vals = value if isinstance(value, (tuple, list)) else (value,)
     try:
@@ -158,22 +169,19 @@ def _location(value: Any) -> str | tuple[float, float, float]:
         point = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         point = ()
-    if len(point) != 3:
-        raise InputError(f"location must be 'auto' or a world point [x, y, z] in mm, got {value!r}")
+    if len(point) != 3 or not all(math.isfinite(v) for v in point):
+        raise InputError(f"location must be 'auto' or a world point [x, y, z] of finite mm, got {value!r}")
     return point  # type: ignore[return-value]
 
 
 def load_specs(path: str | os.PathLike) -> list[LesionSpec]:
     """Read specs from YAML: a list of specs, or ``{lesions: [...]}``."""
-    import yaml
+    from synthgen.config import read_yaml
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: spec file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    data = read_yaml(p)  # binary data, YAML errors (with their line): one InputError line
     items = data.get("lesions") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise InputError(f"{p}: expected a list of lesion specs (or 'lesions: [...]')")

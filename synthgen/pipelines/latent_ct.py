@@ -35,11 +35,34 @@ from synthgen.models.hu import hu_to_model, model_to_hu
 from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, build_controlnet, build_unet, build_vae
 from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
 from synthgen.pipelines.sampling import SCHEDULERS, sample_latent
-from synthgen.volume import Volume
+from synthgen.volume import Volume, as_spacing_mm
 
 DEFAULT_WEIGHTS = "weights/ct-cpu"
 #: Latent voxels above which the VAE decodes in tiles (memory stays bounded).
 TILE_ABOVE = 32**3
+
+
+#: Voxel sizes (mm) a generation accepts at all; the weights' training range narrows it further.
+SPACING_RANGE_MM = (0.1, 20.0)
+#: Classifier-free guidance scales accepted (0: unconditional on the prompt, 1: none).
+GUIDANCE_RANGE = (0.0, 30.0)
+#: The library's label maps are cut from a torso box of about 380 x 300 x 340 mm, built at the
+#: requested spacing with ~20 bytes per voxel (`synthgen.anatomy.library`).
+LIBRARY_BOX_MM3 = 380.0 * 300.0 * 340.0
+LIBRARY_BYTES_PER_VOXEL = 20
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _mm(sp: np.ndarray) -> str:
+    """``"4"`` for an isotropic spacing, else ``"0.7 x 0.7 x 2.5"``."""
+    return f"{sp[0]:g}" if np.all(sp == sp[0]) else " x ".join(f"{s:g}" for s in sp)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
 
 
 @dataclasses.dataclass
@@ -65,7 +88,13 @@ def _folder_settings(folder: Path) -> dict:
     """pipeline.json, or the equivalent read from a training run folder."""
     p = folder / "pipeline.json"
     if p.exists():
-        return json.loads(p.read_text())
+        try:
+            settings = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{p}: not valid JSON ({e}); is {folder} a synthgen pipeline folder?") from e
+        if not isinstance(settings, dict):
+            raise InputError(f"{p}: expected a JSON object of pipeline settings, got {type(settings).__name__}")
+        return settings
     run_cfg, lat = folder / "train_config.yaml", folder / "latent.json"
     if run_cfg.exists() and lat.exists():
         from omegaconf import OmegaConf
@@ -195,15 +224,65 @@ class MaskToCTPipeline:
         return check(ct, labels, phase=phase, training=thumbs, training_sources=sources, segmenter=self.segmenter)
 
     # ----------------------------------------------------------------- generation
+    def check_inputs(self, *, steps: Any, guidance: Any, scheduler: Any, seed: Any, spacing: Any = None,
+                     size: Any = None) -> None:
+        """Raise `InputError` for any generation option out of range, before any work is done.
+
+        ``steps``: an integer in 1..1000. ``guidance``: a finite number in `GUIDANCE_RANGE`;
+        0 ignores the prompt (unconditional text tokens), 1 is the conditional model without
+        classifier-free guidance, above 1 follows the prompt more strongly. ``seed``: an
+        integer >= 0. ``spacing`` (mm, one number or three): finite, in `SPACING_RANGE_MM` and
+        within these weights' training range. ``size``: 3 integers, 16 to
+        `synthgen.anatomy.library.MAX_SIZE` voxels.
+        """
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not _is_int(steps) or not 1 <= steps <= 1000:
+            raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
+        lo, hi = GUIDANCE_RANGE
+        if not _is_real(guidance) or not lo <= guidance <= hi:
+            raise InputError(f"guidance must be a finite number in [{lo:g}, {hi:g}] (0: ignore the prompt, "
+                             f"1: no guidance), got {guidance!r}")
+        if not _is_int(seed) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        if spacing is not None:
+            self._check_spacing(spacing)
+        if size is not None:
+            from synthgen.anatomy.library import MAX_SIZE
+
+            try:
+                dims = tuple(size) if np.ndim(size) else (size,) * 3
+            except TypeError:
+                dims = (size,)
+            if len(dims) != 3 or not all(_is_int(n) and 16 <= n <= MAX_SIZE for n in dims):
+                raise InputError(f"size must be 3 integers between 16 and {MAX_SIZE} voxels, got {size!r}")
+
+    def _check_spacing(self, spacing: Any, *, what: str = "spacing") -> np.ndarray:
+        from synthgen.memory import format_gib, memory_shortfall
+
+        sp = as_spacing_mm(spacing, name=what)
+        lo, hi = SPACING_RANGE_MM
+        if (sp < lo).any() or (sp > hi).any():
+            raise InputError(f"{what} must be in {lo:g}-{hi:g} mm, got {_mm(sp)} mm")
+        self._check_trained_spacing(sp, what=what)
+        need = LIBRARY_BOX_MM3 / float(np.prod(sp)) * LIBRARY_BYTES_PER_VOXEL  # the label map is built on this box
+        short = memory_shortfall(need)
+        if short:
+            raise InputError(f"{what} {_mm(sp)} mm: building the label map would need "
+                             f"about {format_gib(need)}, {short}")
+        return sp
+
+    def _check_trained_spacing(self, sp: np.ndarray, *, what: str) -> None:
+        lo, hi = min(self.settings.get("spacings", [3.0])), max(self.settings.get("spacings", [5.0]))
+        if (sp < lo * 0.75).any() or (sp > hi * 1.25).any():
+            raise InputError(
+                f"{what} {' x '.join(f'{s:.2f}' for s in sp)} mm is outside what these weights "
+                f"were trained on ({lo:g}-{hi:g} mm); resample it (e.g. `--spacing 4`)")
+
     def check_labels(self, labels: Volume) -> None:
         if not isinstance(labels, Volume) or labels.kind != "label":
             raise InputError("the conditioning label map must be a label Volume (kind='label')")
-        lo, hi = min(self.settings.get("spacings", [3.0])), max(self.settings.get("spacings", [5.0]))
-        sp = np.asarray(labels.spacing)
-        if (sp < lo * 0.75).any() or (sp > hi * 1.25).any():
-            raise InputError(
-                f"label map spacing {' x '.join(f'{s:.2f}' for s in sp)} mm is outside what these weights "
-                f"were trained on ({lo:g}-{hi:g} mm); resample it (e.g. `--spacing 4`)")
+        self._check_trained_spacing(np.asarray(labels.spacing), what="label map spacing")
         if max(labels.shape) > 512:
             raise InputError(f"label map of {labels.shape} voxels is too large for one generation (max 512 per axis)")
 
@@ -220,11 +299,8 @@ class MaskToCTPipeline:
         """
         from synthgen.text.prompt import PromptSpec, parse_prompt
 
+        self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed)
         self.check_labels(labels)
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if not 1 <= int(steps) <= 1000:
-            raise InputError(f"steps must be 1..1000, got {steps}")
         spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
         if spec is not None and not isinstance(spec, PromptSpec):
             raise InputError(f"prompt must be text or a PromptSpec, got {type(prompt).__name__}")
@@ -283,6 +359,9 @@ class TextToCTPipeline(MaskToCTPipeline):
         from synthgen.anatomy.library import label_map_for
         from synthgen.text.prompt import parse_prompt
 
+        built = labels is None  # size and spacing are those of the label map built here (else unused)
+        self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
+                          spacing=spacing if built else None, size=size if built else None)
         spec = parse_prompt(prompt)
         lesions: list[dict] = []
         source = "user label map"
@@ -356,6 +435,12 @@ class LesionInpaintPipeline(MaskToCTPipeline):
 
         from synthgen.anatomy.ops import bounding_box
 
+        self.check_inputs(steps=steps, guidance=1.0, scheduler=scheduler, seed=seed)
+        lo, hi = SPACING_RANGE_MM
+        if not _is_real(model_spacing) or not lo <= model_spacing <= hi:
+            raise InputError(f"model_spacing must be a number of mm in {lo:g}-{hi:g}, got {model_spacing!r}")
+        if not _is_real(margin_mm) or not 0 <= margin_mm <= 50:
+            raise InputError(f"margin_mm must be a number of mm in [0, 50], got {margin_mm!r}")
         ct.check_same_grid(labels, names=("CT", "label map"))
         vocab = labels.vocab
         lid = lesion_label if isinstance(lesion_label, int) else (vocab.id(lesion_label) if vocab else None)
