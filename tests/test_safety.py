@@ -185,3 +185,27 @@ def test_a_junk_pipeline_folder_is_one_line(capsys, tmp_path, text):
     (weights / "pipeline.json").write_bytes(text.encode("latin-1"))
     code, err = _cli(capsys, "generate", "chest CT", "--weights", weights, "--out", tmp_path / "o")
     assert code == 2 and len(err.splitlines()) == 1 and "pipeline.json" in err, err
+
+
+def test_zero_spacing_without_sform_is_refused_not_made_1_mm(capsys, tmp_path):
+    import nibabel as nib
+
+    import struct
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((6, 6, 6))
+    hdr.set_data_dtype(np.int16)
+    hdr["vox_offset"] = 352
+    block = bytearray(hdr.binaryblock)
+    block[76:108] = struct.pack("<8f", 1, 1, 0, 0, 1, 1, 1, 1)  # as a forged or broken writer leaves it
+    block[252:256] = struct.pack("<hh", 0, 0)  # no qform, no sform
+    (tmp_path / "z.nii").write_bytes(bytes(block) + b"\0" * 4 + b"\0" * (6 * 6 * 6 * 2))
+    code, err = _cli(capsys, "info", tmp_path / "z.nii")
+    assert code == 2 and len(err.splitlines()) == 1 and "voxel spacing (1, 0, 0) mm" in err, err
+
+
+def test_mhd_without_its_data_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "x.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_SHORT\n"
+                                    "ElementDataFile = x.raw\n")
+    code, err = _cli(capsys, "info", tmp_path / "x.mhd")
+    assert code == 2 and len(err.splitlines()) == 1 and "x.raw (ElementDataFile) is missing" in err, err

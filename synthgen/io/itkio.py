@@ -24,6 +24,8 @@ MARK_KEY = "synthgen"
 def read_itk(path: Path, fmt: str) -> Volume:
     import SimpleITK as sitk
 
+    if path.suffix.lower() == ".mhd":
+        _check_mhd_data_file(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -77,6 +79,21 @@ def _check_header(reader, path: Path) -> None:
         name, itemsize = sitk.GetPixelIDValueAsString(reader.GetPixelID()), 8
     per_voxel = f" x {ncomp} components" if ncomp > 1 else ""
     check_fits(math.prod(size) * itemsize * ncomp, f"{path}: header says {shape_text(size)} {name}{per_voxel}".rstrip())
+
+
+def _check_mhd_data_file(path: Path) -> None:
+    """A .mhd header names its voxel file; a missing one is a one-line error (ITK would print its own)."""
+    try:
+        head = path.read_bytes()[:65536].decode("latin-1")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            name = value.strip()
+            if name and name != "LOCAL" and " " not in name and "%" not in name and not (path.parent / name).is_file():
+                raise InputError(f"{path}: its voxel data file {name} (ElementDataFile) is missing")
+            return
 
 
 def write_itk(volume: Volume, path: Path, *, overwrite: bool = False) -> Path:

@@ -21,6 +21,7 @@ DERIVED_MARK = "synthgen"
 def read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
+    _check_raw_spacing(path)
     try:
         img = nib.load(str(path))
         _check_header(img, path)
@@ -43,6 +44,32 @@ def read_nifti(path: Path) -> Volume:
         synthetic=descrip.startswith(SYNTHETIC_MARK),
         meta={"format": "nifti", "descrip": descrip, "xyzt_units": hdr.get_xyzt_units()[0]},
     )
+
+
+def _check_raw_spacing(path: Path) -> None:
+    """Refuse a NIfTI-1 header whose voxel spacing (``pixdim[1:4]``) is zero or not finite
+    when no sform gives the geometry instead: nibabel would silently make it 1 mm."""
+    import gzip
+    import struct
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return  # nibabel's own reading reports the corrupt file
+    if len(head) < 348:
+        return
+    for order in "<>":
+        if struct.unpack(order + "i", head[:4])[0] == 348:
+            break
+    else:
+        return  # NIfTI-2 or not NIfTI-1: left to nibabel
+    pixdim = struct.unpack(order + "8f", head[76:108])
+    sform_code = struct.unpack(order + "h", head[254:256])[0]
+    if sform_code == 0 and not all(math.isfinite(d) and d != 0 for d in pixdim[1:4]):
+        spacing = ", ".join(f"{d:g}" for d in pixdim[1:4])
+        raise InputError(f"{path}: header gives voxel spacing ({spacing}) mm and no sform; spacing must be non-zero")
 
 
 def _check_header(img, path: Path) -> None:
