@@ -430,7 +430,7 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any], repeat: int) 
         f"numba {v['numba']}, diffdrr {v['diffdrr']}, nanodrr {v['nanodrr']}, itk {v['itk']}",
         f"# median s: median of {repeat} warm renders after 1 warm-up render (first s). Excluded: {EXCLUDED}.",
         "# peak RSS: ru_maxrss of the case's own process (python, imports, CT, preparation and renders), GiB.",
-        f"# t/joseph: median time / synthgen-joseph's at that size (how many times faster synthgen-joseph is).",
+        "# t/joseph: median time / synthgen-joseph's at that size (how many times faster synthgen-joseph is).",
         f"# corr, rel L2: Pearson r and ||a-b||/||b|| against synthgen-siddon's image of mu at {MU_KEV:g} keV "
         "(1/mm x mm; synthgen joseph/siddon as mu-weighted water+bone integrals); synthgen-render's image is "
         "its 120 kVp -log(I/I0), so a lower r is physics (beam hardening), not geometry.",

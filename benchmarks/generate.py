@@ -10,7 +10,7 @@ Every case runs in its own subprocess, so its ``ru_maxrss`` is that case's peak 
   window, Gaussian blending); also the |HU| difference between the two inside the body. The
   timings and peaks include encoding the volume once (the same in both cases).
 * ``train-synthgen`` / ``train-monai``: seconds per LDM training step (UNet + spec encoder,
-  batch 2, 64^3 crops -> 16^3 latents) through `synthgen.models.train`, and the same UNet
+  batch 2, 64^3 crops -> 16^3 latents) through `synthgen.train.loop`, and the same UNet
   instantiated straight from MONAI with a bare AdamW loop on random tensors of the same shapes.
 
     python benchmarks/generate.py [--weights DIR] [--steps 30] [--train-steps 20] [--json out.json]
@@ -93,14 +93,14 @@ def case_decode(args, tiled: bool) -> dict:
 
 def _ldm_config(args):
     from synthgen.config import load_config
-    from synthgen.models.train import TrainConfig
+    from synthgen.train.loop import TrainConfig
 
     return load_config(TrainConfig, paths=[args.config], overrides=[f"threads={args.threads}"])
 
 
 def case_train_synthgen(args) -> dict:
     """Steps of the real LDM stage on a run folder prepared by the parent (cache + VAE)."""
-    from synthgen.models.train import train
+    from synthgen.train.loop import train
 
     cfg = _ldm_config(args)
     cfg.ldm_stage.steps = args.train_steps + 3
@@ -168,7 +168,7 @@ def _prepare_run(args, run: Path) -> None:
     shutil.copytree(weights / "vae", run / "vae")
     cfg = _ldm_config(args)
     cfg.data.example_variants, cfg.data.phantoms = 2, 1
-    from synthgen.models.trainset import build_cache
+    from synthgen.train.data import build_cache
 
     build_cache(cfg.data, run / "cache", progress=False)
     # the VAE in the weights folder may be stored in float16: the trainer reads it as float32

@@ -6,8 +6,7 @@ pydicom, monai) are imported inside the functions that need them.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from synthgen.volume import Volume  # noqa: E402
+from synthgen._version import __version__
+from synthgen.volume import Volume
 
 __all__ = ["Volume", "__version__"]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthgen import __version__
+from synthgen._version import __version__
 from synthgen.errors import InputError
 
 EXIT_USAGE = 2
@@ -51,16 +51,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _vocab(path: str | None):
     if path is None:
         return None
-    from synthgen.anatomy.vocab import Vocabulary
+    from synthgen.vocab import Vocabulary
 
     return Vocabulary.from_file(path)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from synthgen.files.atomic import check_writable
     from synthgen.io import format_for_output, read, write
-    from synthgen.io.atomic import check_writable
-    from synthgen.io.case import sidecar_path
     from synthgen.io.record import make_record, write_record
+    from synthgen.outputs import sidecar_path
 
     src, dst = Path(args.input), Path(args.output)
     if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not args.overwrite:
@@ -88,9 +88,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
     from synthgen.data import PhantomConfig, phantom
-    from synthgen.io.case import write_case
+    from synthgen.files.safepath import safe_name
     from synthgen.io.record import make_record
-    from synthgen.io.safepath import safe_name
+    from synthgen.outputs import write_case
 
     safe_name(args.name, what="--name")
     cfg = load_config(PhantomConfig, paths=args.config, overrides=args.overrides)
@@ -176,7 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
-    from synthgen.models.train import TrainConfig, train
+    from synthgen.train.loop import TrainConfig, train
 
     if args.stage == "export":
         from synthgen.pipelines.latent_ct import MaskToCTPipeline
@@ -202,7 +202,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from synthgen.io.safepath import safe_name
+    from synthgen.files.safepath import safe_name
     from synthgen.pipelines.latent_ct import TextToCTPipeline
 
     safe_name(args.stem, what="--stem")
@@ -231,9 +231,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _write_generated(args: argparse.Namespace, res) -> dict:
+    from synthgen.files.atomic import check_writable
     from synthgen.io import write
-    from synthgen.io.atomic import check_writable
-    from synthgen.io.case import write_case
+    from synthgen.outputs import write_case
 
     out = Path(args.out)
     if args.format == "dicom":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from synthgen.errors import InputError
+from synthgen.files.atomic import write_text
 
 T = TypeVar("T")
 
@@ -230,6 +231,5 @@ def config_to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write the resolved config atomically beside a command's outputs."""
-    from synthgen.io.atomic import write_text
 
     return write_text(path, config_to_yaml(cfg), overwrite=overwrite)

@@ -7,7 +7,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from synthgen.anatomy.phantom import phantom as _phantom
 from synthgen.errors import InputError
+from synthgen.io import read_pair
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 EXAMPLE_EXTRA_HINT = (
@@ -55,8 +58,6 @@ def example_ct(*, progress: bool = False) -> tuple[Volume, Volume]:
     Returns ``(ct, labels)`` as Volumes on one grid; ``labels.vocab`` is the
     vocabulary from the package's ``structures.csv``.
     """
-    from synthgen.anatomy.vocab import Vocabulary
-    from synthgen.io import read_pair
 
     d = example_dir()
     vocab = Vocabulary.from_file(d / "structures.csv").with_groups_from(Vocabulary.default())
@@ -78,7 +79,6 @@ class PhantomConfig:
 
 def phantom(config: PhantomConfig | None = None, /, **kwargs) -> tuple[Volume, Volume]:
     """Procedural torso phantom ``(ct, labels)``; keyword arguments as in `PhantomConfig`."""
-    from synthgen.anatomy.phantom import phantom as _phantom
 
     if config is not None and kwargs:
         raise TypeError("pass either a PhantomConfig or keyword arguments, not both")

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from synthgen._assets import asset_path
+from synthgen.anatomy.ops import body_mask, organ_mask
 from synthgen.errors import InputError, did_you_mean
+from synthgen.lesions.appearance import PHASES, estimate_phase
+from synthgen.models.conditioning import CHANNEL_NAMES, channel_index
+from synthgen.models.hu import hu_to_model
+from synthgen.models.segmenter import ORGANS, segment
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 DICE_PASS = 0.85
@@ -48,8 +55,6 @@ class Reference:
 
 
 def reference_table() -> list[Reference]:
-    from synthgen._assets import asset_path
-
     with open(asset_path(_REFERENCE_CSV), newline="") as f:
         return [Reference(r["structure"], r["phase"], float(r["low_hu"]), float(r["high_hu"]), r["source"])
                 for r in csv.DictReader(f)]
@@ -64,8 +69,6 @@ def _reference(structure: str, phase: str | None) -> Reference | None:
 
 
 def _mask(labels: Volume, name: str) -> np.ndarray | None:
-    from synthgen.anatomy.ops import organ_mask
-
     try:
         m = organ_mask(labels, name)
     except InputError:
@@ -80,8 +83,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def threshold_masks(ct: Volume, labels: Volume) -> dict[str, np.ndarray]:
     """The HU-threshold segmentations the adherence check compares with the label map."""
-    from synthgen.anatomy.ops import body_mask
-    from synthgen.models.conditioning import CHANNEL_NAMES, channel_index
 
     hu = ct.numpy()
     body = body_mask(ct)
@@ -205,8 +206,6 @@ def _ct_diameter(hu, m, where, inside, around, spacing, d_label) -> float | None
 
 
 def _lesion_names() -> set[str]:
-    from synthgen.anatomy.vocab import Vocabulary
-
     v = Vocabulary.default()
     return {v.name(i) for i in v.ids("lesions")}
 
@@ -215,7 +214,6 @@ def thumbnail(hu: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     """`THUMB`^3 float32 thumbnail (model units) of the body's bounding box (labels > 0, else HU > -500)."""
     from scipy import ndimage
 
-    from synthgen.models.hu import hu_to_model
 
     mask = labels > 0 if labels is not None else hu > -500
     idx = np.argwhere(mask)
@@ -246,7 +244,6 @@ def memorisation(ct: Volume, labels: Volume, training: np.ndarray | None,
 def organ_adherence(ct: Volume, labels: Volume, segmenter) -> dict[str, dict]:
     """Dice per organ between the segmenter's reading of the CT and the label map (reported, no
     pass/fail: the segmenter is small and trained on one patient; see its Dice on the real scan)."""
-    from synthgen.models.segmenter import ORGANS, segment
 
     pred = segment(segmenter, ct.numpy().astype(np.float32))
     out = {}
@@ -260,7 +257,6 @@ def organ_adherence(ct: Volume, labels: Volume, segmenter) -> dict[str, dict]:
 
 def check_phase(phase: str | None) -> str | None:
     """``phase`` if it is one of the reference table's phases; None (or ``"auto"``): estimate it."""
-    from synthgen.lesions.appearance import PHASES
 
     if phase is None or phase == "auto":
         return None
@@ -277,7 +273,6 @@ def check(ct: Volume, labels: Volume, *, phase: str | None = None, training: np.
     phase = check_phase(phase)
     ct.check_same_grid(labels, names=("CT", "label map"))
     if phase is None:
-        from synthgen.lesions.appearance import estimate_phase
 
         try:
             phase = estimate_phase(ct, labels)[0]

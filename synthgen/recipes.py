@@ -16,9 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthgen.config import shipped_path
+from synthgen.config import load_config, save_config, shipped_path
+from synthgen.data import PhantomConfig, example_ct, example_dir, phantom
+from synthgen.drr.job import DRRConfig
+from synthgen.drr.job import run as render_views
 from synthgen.errors import InputError
-from synthgen.io.safepath import safe_name
+from synthgen.expand.demo import DemoConfig, write_demo_dataset
+from synthgen.expand.evaluate import EvalConfig
+from synthgen.expand.job import ExpandSettings, evaluate_job, expand_job
+from synthgen.expand.xray import XRayDatasetConfig, xray_dataset
+from synthgen.files.atomic import write_text
+from synthgen.files.safepath import safe_name
+from synthgen.io import read, read_pair
+from synthgen.io.record import make_record, write_record
+from synthgen.lesions.job import run as insert_lesions_job
+from synthgen.lesions.spec import load_specs
+from synthgen.outputs import write_case
+from synthgen.pipelines.latent_ct import TextToCTPipeline
+from synthgen.report.info import describe
+from synthgen.report.montage import montage, save_png
 
 
 @dataclasses.dataclass
@@ -57,11 +73,6 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
 
 @task("phantom")
 def _phantom_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
-    from synthgen.config import load_config
-    from synthgen.data import PhantomConfig, phantom
-    from synthgen.io.case import write_case
-    from synthgen.io.record import make_record
-
     cfg = load_config(PhantomConfig, paths=step.config, overrides=step.overrides)
     ct, labels = phantom(cfg)
     record = make_record("synthgen.phantom", parameters=dict(ct.meta), seed=cfg.seed)
@@ -71,9 +82,6 @@ def _phantom_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pat
 @task("describe_example")
 def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """Geometry + label summary of the example CT as JSON, and a labelled montage PNG."""
-    from synthgen.io.atomic import write_text
-    from synthgen.report.info import describe
-    from synthgen.report.montage import montage, save_png
 
     if step.config or step.overrides:
         raise InputError("task describe_example takes no config or overrides")
@@ -88,12 +96,10 @@ def _describe_example_task(step: StepConfig, out: Path, overwrite: bool) -> dict
 @task("drr")
 def _drr_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """X-ray views of a CT (and its labels): configs/drr.yaml schema (`synthgen.drr.job.DRRConfig`)."""
-    from synthgen.config import load_config
-    from synthgen.drr.job import DRRConfig, run
 
     cfg = load_config(DRRConfig, paths=step.config, overrides=step.overrides)
     ct, labels, inputs = _scan(step)
-    written, config_path = run(ct, cfg, out, labels=labels, inputs=inputs, overwrite=overwrite, progress=False)
+    written, config_path = render_views(ct, cfg, out, labels=labels, inputs=inputs, overwrite=overwrite, progress=False)
     paths = {f"{view}_{role}": p for view, ps in written.items() for role, p in ps.items()}
     paths["config"] = config_path
     return paths
@@ -102,14 +108,12 @@ def _drr_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
 @task("lesion")
 def _lesion_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """Lesions inserted into a scan: ``config`` names lesion-spec YAML files (configs/lesions_*.yaml)."""
-    from synthgen.lesions.job import run
-    from synthgen.lesions.spec import load_specs
 
     if not step.config or step.overrides:
         raise InputError(f"step {step.name or step.task}: give lesion spec files in config: [...] (no overrides)")
     specs = [s for path in step.config for s in load_specs(path)]
     ct, labels, inputs = _scan(step)
-    return run(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
+    return insert_lesions_job(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
 
 
 @dataclasses.dataclass
@@ -130,10 +134,6 @@ class GenerateConfig:
 @task("generate")
 def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """A CT + label map from a prompt (`synthgen.pipelines.TextToCTPipeline`), with its fidelity check."""
-    from synthgen.config import load_config
-    from synthgen.io.case import write_case
-    from synthgen.io.record import write_record
-    from synthgen.pipelines.latent_ct import TextToCTPipeline
 
     cfg = load_config(GenerateConfig, paths=step.config, overrides=step.overrides)
     pipe = TextToCTPipeline.from_pretrained(cfg.weights)
@@ -151,8 +151,6 @@ def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pa
 def _xray_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """A CT segmentation dataset (``inputs: [DATASET]``) as a 2D X-ray (DRR) dataset with projected labels:
     configs/xray_dataset.yaml schema (`synthgen.expand.xray.XRayDatasetConfig`)."""
-    from synthgen.config import load_config
-    from synthgen.expand.xray import XRayDatasetConfig, xray_dataset
 
     if len(step.inputs) != 1:
         raise InputError(f"step {step.name or step.task}: inputs must be [DATASET] (nnU-Net/MSD folder, "
@@ -166,8 +164,6 @@ def _xray_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str
 def _demo_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """The shipped demo segmentation set (liver cysts common, tumours rare) built from the example CT:
     configs/demo_dataset.yaml schema (`synthgen.expand.demo.DemoConfig`)."""
-    from synthgen.config import load_config
-    from synthgen.expand.demo import DemoConfig, write_demo_dataset
 
     cfg = load_config(DemoConfig, paths=step.config, overrides=step.overrides)
     return {"dataset": write_demo_dataset(out, cfg, overwrite=overwrite, progress=_SHOW_PROGRESS.get())}
@@ -177,8 +173,6 @@ def _demo_dataset_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str
 def _expand_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """``inputs: [DATASET]`` expanded into a copy in the step's folder (the input is never written):
     `synthgen.expand.job.ExpandSettings` schema (configs/expand.yaml)."""
-    from synthgen.config import load_config
-    from synthgen.expand.job import ExpandSettings, expand_job
 
     if len(step.inputs) != 1:
         raise InputError(f"step {step.name or step.task}: inputs must be [DATASET], got {step.inputs}")
@@ -194,9 +188,6 @@ def _expand_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
 def _evaluate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
     """``inputs: [DATASET, EXPANDED, *DRR_PNGS]``: downstream training per arm and seed, the evaluation
     table and the HTML report: `synthgen.expand.evaluate.EvalConfig` schema (configs/evaluate.yaml)."""
-    from synthgen.config import load_config
-    from synthgen.expand.evaluate import EvalConfig
-    from synthgen.expand.job import evaluate_job
 
     if len(step.inputs) < 1:
         raise InputError(f"step {step.name or step.task}: inputs must be [DATASET, EXPANDED, ...], got none")
@@ -210,17 +201,14 @@ def _evaluate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Pa
 @functools.lru_cache(maxsize=1)
 def _example():
     """The example CT, read once however many steps of a run use it (steps never modify inputs)."""
-    from synthgen.data import example_ct
 
     return example_ct()
 
 
 def _scan(step: StepConfig):
     """The (ct, labels, input paths) a step reads: its ``inputs`` or the example CT."""
-    from synthgen.io import read, read_pair
 
     if not step.inputs:
-        from synthgen.data import example_dir
 
         ct, labels = _example()
         return ct, labels, [example_dir() / "cxr.nii.gz", example_dir() / "mask.nii.gz"]
@@ -249,7 +237,6 @@ def known_tasks() -> list[str]:
 
 def load_recipe(path: str | os.PathLike) -> RecipeConfig:
     """The recipe at ``path`` (``pipelines/NAME.yaml`` falls back on the shipped one, `shipped_path`)."""
-    from synthgen.config import load_config
 
     path = shipped_path(path)
     recipe = load_config(RecipeConfig, paths=[path])
@@ -273,8 +260,6 @@ def run_recipe(
     """Run every step of the recipe at ``path``; step outputs go to ``out/<step name>/``."""
     from tqdm.auto import tqdm
 
-    from synthgen.config import save_config
-    from synthgen.io.record import make_record, write_record
 
     path = shipped_path(path)
     recipe = load_recipe(path)

@@ -30,7 +30,7 @@ from synthgen.errors import GridMismatchError, InputError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from synthgen.anatomy.vocab import Vocabulary
+    from synthgen.vocab import Vocabulary
 
 Kind = Literal["intensity", "label"]
 
@@ -93,7 +93,7 @@ class Volume:
         modality: imaging modality, e.g. ``"CT"``.
         source: where the data came from (a path or a generator name).
         synthetic: whether the values were generated (always marked on write).
-        vocab: label vocabulary for label maps (`synthgen.anatomy.vocab.Vocabulary`).
+        vocab: label vocabulary for label maps (`synthgen.vocab.Vocabulary`).
         meta: free-form metadata; copied, never interpreted.
     """
 

@@ -19,8 +19,8 @@ from synthgen.anatomy.deform import (
     source_points_mm,
 )
 from synthgen.anatomy.ops import body_mask, bounding_box, distance_to_surface_mm, organ_mask, structure_ids
-from synthgen.anatomy.vocab import Vocabulary
 from synthgen.errors import GridMismatchError, InputError
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 from tests.conftest import AFFINES, LOBES
 

@@ -1,4 +1,4 @@
-"""synthgen.report.expand_report: the static HTML report of an expansion, checked as files and in Chromium."""
+"""synthgen.expand.report: the static HTML report of an expansion, checked as files and in Chromium."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from synthgen.errors import InputError
-from synthgen.report.expand_report import write_report
+from synthgen.expand.report import write_report
 from tests.conftest import write_toy_dataset
 
 ARMS = ("real", "weighted", "real+synthetic")
@@ -113,7 +113,7 @@ def test_report_files_sections_and_tables(report):
 
 
 def test_gallery_montage_outlines_the_lesion(expanded, tmp_path):
-    from synthgen.report.expand_report import case_montage
+    from synthgen.expand.report import case_montage
 
     root, _, manifest = expanded
     img = case_montage(manifest[0], root, label_value=3)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synthgen.anatomy.ops import body_mask, organ_mask
-from synthgen.anatomy.vocab import Vocabulary
+from synthgen.anatomy.ops import body_mask, organ_mask, to_default_ids
 from synthgen.fidelity import check, format_check, ncc, reference_table, thumbnail
-from synthgen.models.trainset import to_default_ids
+from synthgen.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")

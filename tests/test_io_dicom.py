@@ -696,7 +696,7 @@ def test_transfer_syntax_without_any_decoder_says_so(tmp_path):
 
 def _labels(grid: str = "lps", synthetic: bool = True) -> Volume:
     """A label map with ids that are not segment numbers; ``grid`` "las" is left-handed, as generated CTs are."""
-    from synthgen.anatomy.vocab import Vocabulary
+    from synthgen.vocab import Vocabulary
 
     ids = np.zeros(SHAPE, np.uint8)
     ids[1:5, 1:4, 1:4] = 5  # liver

@@ -9,7 +9,6 @@ import pytest
 from scipy import ndimage
 
 from synthgen._assets import asset_path
-from synthgen.anatomy.vocab import Vocabulary
 from synthgen.errors import InputError
 from synthgen.lesions import appearance as app
 from synthgen.lesions.appearance import (
@@ -24,6 +23,7 @@ from synthgen.lesions.appearance import (
     supported_appearances,
     texture,
 )
+from synthgen.vocab import Vocabulary
 
 ABDOMINAL = ("liver", "kidney", "spleen", "pancreas")
 REQUIRED_PAIRS = {(t, o) for t in ("tumor", "cyst", "metastasis", "hemorrhage") for o in ABDOMINAL} | {

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from synthgen.anatomy.vocab import Vocabulary
 from synthgen.config import load_config
 from synthgen.errors import InputError
 from synthgen.models.checkpoint import load_module, load_optimizer, save_module, save_optimizer, state_hash
@@ -21,8 +20,9 @@ from synthgen.models.conditioning import CHANNEL_NAMES, N_CHANNELS, Prior, chann
 from synthgen.models.hu import HU_MAX, HU_MIN, hu_to_model, model_to_hu
 from synthgen.models.networks import VAEConfig, build_controlnet, build_unet, build_vae
 from synthgen.models.text_encoder import CONTEXT_TOKENS, SpecEncoder, collate, spec_to_indices
-from synthgen.models.train import TrainConfig, train
 from synthgen.text.prompt import parse_prompt
+from synthgen.train.loop import TrainConfig, train
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 TINY = Path(__file__).parent / "tiny_train.yaml"
@@ -193,7 +193,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 def test_training_data_from_an_nnunet_folder(tmp_path):
     from synthgen.data import phantom
     from synthgen.io import write
-    from synthgen.models.trainset import DataConfig, Sample, build_cache
+    from synthgen.train.data import DataConfig, Sample, build_cache
 
     root = tmp_path / "Dataset001"
     for k in range(2):

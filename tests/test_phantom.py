@@ -7,9 +7,10 @@ import time
 import numpy as np
 import pytest
 
+from synthgen.anatomy.ops import summarize
 from synthgen.anatomy.phantom import phantom
-from synthgen.anatomy.vocab import Vocabulary, summarize
 from synthgen.errors import InputError
+from synthgen.vocab import Vocabulary
 
 REQUIRED = [
     "body",

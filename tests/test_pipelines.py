@@ -1,4 +1,4 @@
-"""synthgen.pipelines + synthgen.anatomy.library + synthgen.fidelity, on tiny freshly trained weights.
+"""synthgen.pipelines + synthgen.library + synthgen.fidelity, on tiny freshly trained weights.
 
 Tiny weights cannot make a realistic CT; these tests check the contracts: grid, HU range,
 records, seeding, save/load, inpainting locality, errors. Image quality of the shipped
@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthgen.anatomy.library import label_map_for
 from synthgen.anatomy.ops import organ_mask
 from synthgen.cli import main
 from synthgen.config import load_config
 from synthgen.errors import InputError
-from synthgen.models.train import TrainConfig, train
+from synthgen.library import label_map_for
 from synthgen.pipelines.latent_ct import LesionInpaintPipeline, MaskToCTPipeline, TextToCTPipeline, tiled_decode
 from synthgen.text.prompt import parse_prompt
+from synthgen.train.loop import TrainConfig, train
 
 TINY = Path(__file__).parent / "tiny_train.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 from synthgen import io
 from synthgen.cli import main
 from synthgen.errors import InputError
-from synthgen.io.atomic import TMP_SUFFIX, atomic_path, remove_stale_temps, write_text
-from synthgen.io.safepath import check_parent, inside, safe_name
+from synthgen.files.atomic import TMP_SUFFIX, atomic_path, remove_stale_temps, write_text
+from synthgen.files.safepath import check_parent, inside, safe_name
 from tests.conftest import AFFINES, ramp_volume
 
 IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".png", ".npy", ".npz")
@@ -188,9 +188,9 @@ def test_a_junk_pipeline_folder_is_one_line(capsys, tmp_path, text):
 
 
 def test_zero_spacing_without_sform_is_refused_not_made_1_mm(capsys, tmp_path):
-    import nibabel as nib
-
     import struct
+
+    import nibabel as nib
 
     hdr = nib.Nifti1Header()
     hdr.set_data_shape((6, 6, 6))

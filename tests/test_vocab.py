@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthgen.anatomy.vocab import StructureStats, Vocabulary, format_summary, summarize
+from synthgen.anatomy.ops import StructureStats, format_summary, summarize
 from synthgen.errors import InputError
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 from tests.conftest import LOBES
 

@@ -49,7 +49,7 @@ from numba import prange
 from synthgen.errors import InputError
 from synthgen.volume import Volume
 
-__all__ = ["DeformParams", "sample_deformation", "apply_deformation", "random_deformation", "source_points_mm"]
+__all__ = ["DeformParams", "apply_deformation", "random_deformation", "sample_deformation", "source_points_mm"]
 
 _JIT = {"nogil": True, "cache": True}
 

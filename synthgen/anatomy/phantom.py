@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.anatomy.vocab import Vocabulary
 from synthgen.errors import InputError
-from synthgen.volume import Volume
+from synthgen.memory import format_gib, memory_shortfall, shape_text
+from synthgen.vocab import Vocabulary
+from synthgen.volume import Volume, as_spacing_mm
 
 __all__ = ["phantom"]
 
@@ -144,8 +145,6 @@ def _check_args(
         shp = ()
     if len(shp) != 3 or not all(_is_int(s) and s > 0 for s in shp):
         raise InputError(f"shape must be 3 positive ints (voxels along i, j, k), got {shape!r}")
-    from synthgen.memory import format_gib, memory_shortfall, shape_text
-    from synthgen.volume import as_spacing_mm
 
     need = math.prod(int(n) for n in shp) * BYTES_PER_VOXEL
     short = memory_shortfall(need)

@@ -78,6 +78,7 @@ from typing import Any, Literal
 import numpy as np
 
 from synthgen.errors import InputError
+from synthgen.files.atomic import write_text
 from synthgen.volume import Volume
 
 ViewName = Literal["PA", "AP", "LAT", "LLAT", "RLAT"]
@@ -365,7 +366,6 @@ class Projection:
 
     def to_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write `to_dict` as JSON, atomically; refuses to replace an existing file unless ``overwrite``."""
-        from synthgen.io.atomic import write_text
 
         return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", overwrite=overwrite)
 

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from synthgen.config import save_config
 from synthgen.drr.geometry import Projection, parse_view
+from synthgen.drr.physics import to_uint16
 from synthgen.drr.render import DRR, DRRRenderer, XRaySettings
 from synthgen.errors import InputError
-from synthgen.io.safepath import safe_name
+from synthgen.files.atomic import atomic_path, check_writable
+from synthgen.files.safepath import safe_name
+from synthgen.io.record import make_record, write_record
+from synthgen.memory import format_gib, memory_shortfall
+from synthgen.report.montage import label_colors, save_png
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 
@@ -79,7 +86,6 @@ def _positive(v: object, high: float) -> bool:
 
 def _would_need(rows: object, cols: object) -> str:
     """``" (a 100000x100000 view would need about 1,490 GiB of memory)"`` when that is 1 GiB or more, else ``""``."""
-    from synthgen.memory import format_gib
 
     if not (_is_int(rows) and _is_int(cols)) or min(rows, cols) < 1:
         return ""
@@ -89,7 +95,6 @@ def _would_need(rows: object, cols: object) -> str:
 
 def check_memory(views: list[Projection], *, labels: bool) -> None:
     """Raise `InputError` naming the first view whose rendering cannot fit in this machine's memory."""
-    from synthgen.memory import format_gib, memory_shortfall
 
     per_px = BYTES_PER_PIXEL_LABELS if labels else BYTES_PER_PIXEL
     for p in views:
@@ -145,14 +150,11 @@ def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     ``<view>_intensity.npy`` (float32), ``<view>_labels.npz`` + ``<view>_overlay.png`` when
     labels were projected, and ``<view>.json`` (geometry, projection matrix, physics, provenance).
     """
-    from synthgen.drr.physics import to_uint16
-    from synthgen.io.atomic import atomic_path, check_writable
-    from synthgen.io.record import write_record
 
     paths = view_paths(drr.projection.name, out_dir, labels=bool(drr.masks))
     for p in paths.values():
         check_writable(p, overwrite=overwrite)
-    _save_png16(to_uint16(drr.display.detach().cpu()), paths["display"], overwrite=overwrite)
+    save_png(to_uint16(drr.display.detach().cpu()).astype(np.uint16), paths["display"], overwrite=overwrite)
     for key, t in (("line_integral", drr.line_integral), ("intensity", drr.intensity)):
         with atomic_path(paths[key], overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
             np.save(fh, t.detach().cpu().numpy().astype(np.float32))
@@ -165,25 +167,13 @@ def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, 
                 masks=np.stack([drr.masks[n] for n in names]),
                 thickness_mm=np.stack([drr.thickness_mm[n] for n in names]),
             )
-        from synthgen.report.montage import save_png
-
         save_png(overlay(drr), paths["overlay"], overwrite=overwrite)
     write_record({**(record or {}), **drr.record(), "outputs": [p.name for p in paths.values()]}, paths["record"], overwrite=overwrite)
     return paths
 
 
-def _save_png16(img: np.ndarray, path: Path, *, overwrite: bool) -> None:
-    from PIL import Image
-
-    from synthgen.io.atomic import atomic_path
-
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        Image.fromarray(img.astype(np.uint16)).save(tmp, format="PNG")
-
-
 def overlay(drr: DRR, *, alpha: float = 0.35) -> np.ndarray:
     """RGB uint8 picture of the display image with every projected structure tinted in its colour."""
-    from synthgen.report.montage import label_colors
 
     gray = (drr.display.detach().cpu().numpy() * 255).astype(np.float32)
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -197,8 +187,6 @@ def overlay(drr: DRR, *, alpha: float = 0.35) -> np.ndarray:
 
 
 def _ids_by_name(drr: DRR) -> dict[str, int]:
-    from synthgen.anatomy.vocab import Vocabulary
-
     vocab = Vocabulary.default()
     return {n: (vocab.id(n) if n in vocab else 1 + k) for k, n in enumerate(sorted(drr.masks))}
 
@@ -217,9 +205,6 @@ def run(
     per view, and the resolved ``config.yaml`` beside them; returns (paths per view, config path)."""
     from tqdm.auto import tqdm
 
-    from synthgen.config import save_config
-    from synthgen.io.atomic import check_writable
-    from synthgen.io.record import make_record
 
     config_path = check_writable(Path(out_dir) / "config.yaml", overwrite=overwrite)  # also: no parent is a file
     views = projections(config, ct)  # every view's geometry, size and memory: before anything is written

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from synthgen.drr import _kernels
 from synthgen.errors import InputError
 
 Method = Literal["joseph", "siddon"]
@@ -68,8 +69,6 @@ class _NumbaProject(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, vol: torch.Tensor, kind: str, args: tuple) -> torch.Tensor:  # type: ignore[override]
-        from synthgen.drr import _kernels
-
         v = vol.detach().numpy()
         rows, cols = args[-1].shape
         out = np.zeros((rows, cols, v.shape[-1]), dtype=np.float32)
@@ -82,8 +81,6 @@ class _NumbaProject(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        from synthgen.drr import _kernels
-
         grad = np.zeros(ctx.shape, dtype=np.float32)
         g = np.ascontiguousarray(grad_out.detach().to(torch.float32).numpy())
         getattr(_kernels, f"{ctx.kind}_adjoint")(g, *ctx.args, grad)
@@ -92,7 +89,6 @@ class _NumbaProject(torch.autograd.Function):
 
 def _cpu_plan(rays: RaySet, n_a: int, method: Method) -> tuple[str, tuple, tuple[int, int, int]]:
     """Choose the CPU kernel; returns (kernel kind, its arguments, the volume layout it reads)."""
-    from synthgen.drr import _kernels
 
     if method == "siddon":
         # Siddon walks each ray voxel by voxel: with the ray's main axis last in memory, most of its
@@ -207,7 +203,6 @@ def project_labels(
     """Exact thickness (mm) of each structure in ``ids`` along every ray: (len(ids), rows, cols) float32.
 
     ``layout_cache`` keeps the transposed label map between views, as for `project_volume`."""
-    from synthgen.drr import _kernels
 
     lab = np.asarray(labels)
     if lab.ndim != 3:

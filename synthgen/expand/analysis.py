@@ -17,6 +17,10 @@ import numpy as np
 
 from synthgen.errors import InputError, did_you_mean
 from synthgen.expand.dataset import Dataset
+from synthgen.files.atomic import write_text
+from synthgen.io import read
+from synthgen.report.charts import bar_chart
+from synthgen.report.montage import save_png
 
 DEFAULT_RARE_FRACTION = 0.5
 
@@ -68,7 +72,6 @@ def analyse(ds: Dataset, *, rare: str | Sequence[str] = "auto", fraction: float 
     if ds.task == "seg":
         from scipy import ndimage
 
-        from synthgen.io import read
 
         stats = {v: ClassStats(n, v, []) for v, n in sorted(ds.classes.items()) if v != 0}
         for it in tqdm(ds.items, desc="analyse", disable=not progress):
@@ -126,42 +129,8 @@ def format_table(a: Analysis) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(counts: dict[str, Sequence[int]], *, series: Sequence[str], title: str,
-              highlight: Sequence[str] = (), width: int = 900) -> np.ndarray:
-    """RGB uint8 horizontal bar chart: one group of bars per class, one bar per series
-    (e.g. before / after expansion). Drawn with Pillow (no plotting library needed)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    names = list(counts)
-    row_h = 14 * len(series) + 10
-    left, top = 10 + 7 * max((len(n) for n in names), default=5), 40
-    height = top + row_h * len(names) + 30
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 10), title, fill="black", font=font)
-    vmax = max((max(v) for v in counts.values() if len(v)), default=1) or 1
-    colors = [(70, 110, 180), (230, 140, 40), (90, 170, 90)]
-    span = width - left - 60
-    for r, name in enumerate(names):
-        y = top + r * row_h
-        draw.text((10, y + 2), name, fill=(200, 30, 30) if name in highlight else "black", font=font)
-        for s, v in enumerate(counts[name]):
-            w = int(span * v / vmax)
-            yy = y + 2 + 14 * s
-            draw.rectangle([left, yy, left + max(w, 1), yy + 11], fill=colors[s % len(colors)])
-            draw.text((left + w + 4, yy), str(v), fill="black", font=font)
-    for s, name in enumerate(series):
-        x = left + 120 * s
-        draw.rectangle([x, height - 20, x + 10, height - 10], fill=colors[s % len(colors)])
-        draw.text((x + 14, height - 21), name, fill="black", font=font)
-    return np.asarray(img)
-
-
 def write_analysis(a: Analysis, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
     """``analysis.json`` + ``analysis.png`` (cases per class, rare classes in red)."""
-    from synthgen.io.atomic import write_text
-    from synthgen.report.montage import save_png
 
     out = Path(out_dir)
     paths = {"analysis": out / "analysis.json", "chart": out / "analysis.png"}
@@ -179,8 +148,6 @@ SUMMARY_FILES = ("synthgen_expand.json", "synthgen_expand.png")
 def write_expansion_summary(a: Analysis, plan_dict: dict, counts: dict[str, int], out_dir: str | Path) -> dict[str, Path]:
     """``synthgen_expand.json`` (analysis before, plan, cases per class after) and
     ``synthgen_expand.png`` (cases per class before / after, rare classes in red)."""
-    from synthgen.io.atomic import write_text
-    from synthgen.report.montage import save_png
 
     out = Path(out_dir)
     after = {c.name: c.n_cases + counts.get(c.name, 0) for c in a.classes}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.errors import InputError
+from synthgen.io import as_label_map, read
 
 LAYOUTS = ("nnunet", "datalist", "csv")
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -248,7 +249,6 @@ def _read_csv(path: Path) -> Dataset:
 def _header(path: Path):
     """(shape, affine, volume or None) of an image file: for NIfTI from the header alone (its
     voxels are read once, by `_contents`); other formats are read whole and the volume returned."""
-    from synthgen.io import read
 
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
@@ -273,7 +273,6 @@ def _contents(path: Path, *, label: bool, volume=None) -> set[int] | None:
     raises `InputError`."""
     import numpy as np
 
-    from synthgen.io import as_label_map, read
 
     if volume is None:
         volume = read(path, kind="label" if label else None)
@@ -307,7 +306,6 @@ def _item_problem(ds: Dataset, it: Item, *, check_grids: bool) -> tuple[str | No
     """
     import numpy as np
 
-    from synthgen.errors import InputError
 
     if not it.image.exists():
         return f"image file missing: {it.image}", set()

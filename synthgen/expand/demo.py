@@ -24,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from synthgen.anatomy.deform import random_deformation
+from synthgen.data import example_ct
 from synthgen.errors import InputError
+from synthgen.files.atomic import write_text
+from synthgen.io import write
+from synthgen.lesions.insert import insert_lesions
+from synthgen.lesions.spec import LesionSpec
 
 CLASSES = {0: "background", 1: "liver", 2: "liver_cyst", 3: "liver_tumor"}
 
@@ -47,7 +53,6 @@ class DemoConfig:
 
 def _liver_region(spacing: float):
     """The example CT and labels resampled to ``spacing``, and the liver's centre in mm."""
-    from synthgen.data import example_ct
 
     ct, labels = example_ct()
     ct = ct.resample(spacing)
@@ -57,10 +62,6 @@ def _liver_region(spacing: float):
 
 
 def _case(ct, labels, centre_mm, cfg: DemoConfig, k: int, *, cysts: int, tumour: bool):
-    from synthgen.anatomy.deform import random_deformation
-    from synthgen.lesions.insert import insert_lesions
-    from synthgen.lesions.spec import LesionSpec
-
     rng = np.random.default_rng([cfg.seed, k])
     size = np.asarray(cfg.size)
     half = size * cfg.spacing / 2
@@ -99,8 +100,6 @@ def write_demo_dataset(out: str | Path, cfg: DemoConfig | None = None, *, overwr
     """Write the demo dataset into ``out/<cfg.name>`` and return that folder."""
     from tqdm.auto import tqdm
 
-    from synthgen.io import write
-    from synthgen.io.atomic import write_text
 
     cfg = cfg or DemoConfig()
     if not 0 < cfg.tumour_cases < cfg.cases:

@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from synthgen.errors import InputError
+from synthgen.expand.analysis import analyse
 from synthgen.expand.dataset import Dataset, Item
+from synthgen.expand.generate import MANIFEST
+from synthgen.expand.plan import lesion_of_class
+from synthgen.expand.split import fixed_split
+from synthgen.files.atomic import write_text
+from synthgen.io import read, read_pair
 
 ARMS = ("real", "weighted", "real+synthetic")
 
@@ -96,8 +102,6 @@ def _normalise(hu: np.ndarray, window: list[float]) -> np.ndarray:
 
 
 def _load_seg(image: Path, label: Path, lut: np.ndarray, cfg: EvalConfig, cid: str) -> Case:
-    from synthgen.io import read_pair
-
     ct, lab = read_pair(image, label)
     if cfg.spacing:
         ct = ct.resample(cfg.spacing)
@@ -114,7 +118,6 @@ def _load_seg(image: Path, label: Path, lut: np.ndarray, cfg: EvalConfig, cid: s
 def _load_cls(image: Path, cls: int, cfg: EvalConfig, cid: str) -> Case:
     import torch
 
-    from synthgen.io import read
 
     ct = read(image)
     x = torch.from_numpy(_normalise(np.asarray(ct.numpy(), np.float32), cfg.window))[None, None]
@@ -124,7 +127,6 @@ def _load_cls(image: Path, cls: int, cfg: EvalConfig, cid: str) -> Case:
 
 def _synthetic_items(expanded: Path, train_ids: set[str]) -> tuple[list[tuple[str, Path, Path | None, str]], int]:
     """(id, image, label, class) of the manifest's synthetic cases hosted by training scans; dropped count."""
-    from synthgen.expand.generate import MANIFEST
 
     path = expanded / MANIFEST
     if not path.exists():
@@ -271,7 +273,6 @@ def _f1(recall: float, precision: float) -> float:
 
 def seg_metrics(preds: list[np.ndarray], gts: list[np.ndarray], names: list[str]) -> dict[str, dict[str, float]]:
     """Per class (index 1..): pooled Dice, and for lesion classes lesion-level recall / precision / F1."""
-    from synthgen.expand.plan import lesion_of_class
 
     n = len(names)
     sums = sum(_dice_sums(p, g, n) for p, g in zip(preds, gts))
@@ -403,8 +404,6 @@ def evaluate(ds: Dataset, *, expanded: str | Path | None = None, cfg: EvalConfig
     """Train every arm with every seed and return the evaluation document (see module doc)."""
     from tqdm.auto import tqdm
 
-    from synthgen.expand.analysis import analyse
-    from synthgen.expand.split import fixed_split
 
     cfg = cfg or EvalConfig()
     t0 = time.perf_counter()
@@ -506,8 +505,6 @@ def format_evaluation(doc: dict) -> str:
 
 
 def write_evaluation(doc: dict, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-    from synthgen.io.atomic import write_text
-
     out = Path(out)
     paths = {"evaluation": out / "evaluation.json", "table": out / "evaluation.txt"}
     write_text(paths["evaluation"], json.dumps(doc, indent=1) + "\n", overwrite=overwrite)

@@ -44,11 +44,20 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen import __version__
-from synthgen.errors import InputError
+from synthgen._version import __version__
+from synthgen.errors import InputError, OverwriteError
+from synthgen.expand.analysis import SUMMARY_FILES
 from synthgen.expand.dataset import Dataset
+from synthgen.expand.organs import organ_labels
 from synthgen.expand.plan import Plan, PlanItem
-from synthgen.io.safepath import check_parent, inside
+from synthgen.files.atomic import remove_entry, write_text
+from synthgen.files.safepath import check_parent, inside
+from synthgen.io import read, read_pair, write
+from synthgen.io.record import sha256_file
+from synthgen.lesions.insert import insert_lesions
+from synthgen.lesions.spec import LesionSpec
+from synthgen.pipelines.latent_ct import TextToCTPipeline
+from synthgen.vocab import Vocabulary
 
 JOURNAL_DIR = ".synthgen_journal"
 MANIFEST = "synthetic_manifest.jsonl"
@@ -64,8 +73,6 @@ class ExpandResult:
 
 
 def _sha256(path: Path) -> str:
-    from synthgen.io.record import sha256_file
-
     return sha256_file(path)
 
 
@@ -86,8 +93,6 @@ def _original_paths(ds: Dataset) -> set[Path]:
 
 
 def _vocab(ds: Dataset):
-    from synthgen.anatomy.vocab import Vocabulary
-
     return Vocabulary.from_mapping({i: n for i, n in ds.classes.items() if i != 0}).with_groups_from(
         Vocabulary.default())
 
@@ -99,7 +104,6 @@ _LESION_KEYS = ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml
 def _write_item(item: PlanItem, ct, labels, image_out: Path, label_out: Path, *, parameters: dict, inputs: dict,
                 lesion: dict, generator_meta: str = "expand") -> dict:
     """Write the item's CT and label map (marked synthetic) and return its journal line."""
-    from synthgen.io import write
 
     meta = {"generator": f"synthgen {__version__} {generator_meta}"}
     write(ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
@@ -124,9 +128,6 @@ def _insert_parameters(item: PlanItem) -> dict:
 
 def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
     """Insert the item's lesion into its host and write both files atomically; returns its journal line."""
-    from synthgen.io import read_pair
-    from synthgen.lesions.insert import insert_lesions
-    from synthgen.lesions.spec import LesionSpec
 
     if item.generator == "text_to_ct":
         return _generate_diffusion_item(ds, item, image_out, label_out)
@@ -151,10 +152,6 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
 def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label_out: Path) -> dict:
     """Classification set: the host organ is read by the shipped segmenter; the lesion mask is
     written as ``label_out`` (provenance; the class is the item's)."""
-    from synthgen.expand.organs import organ_labels
-    from synthgen.io import read
-    from synthgen.lesions.insert import insert_lesions
-    from synthgen.lesions.spec import LesionSpec
 
     ct = read(host.image)
     organs = organ_labels(ct, item.organ)
@@ -170,8 +167,6 @@ def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label
 
 @functools.lru_cache(maxsize=1)
 def _text_to_ct():
-    from synthgen.pipelines.latent_ct import TextToCTPipeline
-
     return TextToCTPipeline.from_pretrained()
 
 
@@ -296,7 +291,6 @@ def check_out(out: str | Path) -> Path:
 
 def _shared_outputs(ds: Dataset, root: Path, *, in_place: bool) -> list[Path]:
     """The files rank 0 writes after the items: manifest, updated index, expansion summary."""
-    from synthgen.expand.analysis import SUMMARY_FILES
 
     if ds.layout == "nnunet":
         index = root / ("dataset.synthgen.json" if in_place else "dataset.json")
@@ -374,11 +368,7 @@ def _remove_own_temps(paths) -> list[Path]:
             dots = [k for k, c in enumerate(n) if c == "." and k > 0]
             if not any(n[1:k] in names and ".tmp" in n[k:] for k in dots):
                 continue
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+            remove_entry(entry)
             removed.append(entry)
     return removed
 
@@ -395,7 +385,6 @@ class _Outputs:
 
 def _check_outputs(ds: Dataset, plan: Plan, root: Path, *, in_place: bool, overwrite: bool) -> _Outputs:
     """Check every path before anything is written; raises `InputError` (`OverwriteError`)."""
-    from synthgen.errors import OverwriteError
 
     targets = {it.index: _targets(ds, root, it) for it in plan.items}
     originals = _original_paths(ds)
@@ -427,7 +416,6 @@ def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int 
     """
     from tqdm.auto import tqdm
 
-    from synthgen.io.atomic import write_text
 
     root = Path(out) if out is not None else ds.root
     if out is not None:
@@ -474,7 +462,6 @@ def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int 
 def _finish(ds: Dataset, plan: Plan, root: Path, targets: dict[int, tuple[Path, Path]], *,
             in_place: bool) -> tuple[Path, Path]:
     """Merge the journals into the manifest (sorted by index) and write the updated index copy."""
-    from synthgen.io.atomic import write_text
 
     recs = _Journal.read(root, plan, targets).done
     wanted = {it.index for it in plan.items}
@@ -490,8 +477,6 @@ def _finish(ds: Dataset, plan: Plan, root: Path, targets: dict[int, tuple[Path, 
 
 
 def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -> Path:
-    from synthgen.io.atomic import write_text
-
     if ds.layout == "nnunet":
         raw = json.loads(json.dumps(ds.raw))
         raw["numTraining"] = len(ds.items) + len(recs)

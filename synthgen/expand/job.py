@@ -14,6 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from synthgen.errors import InputError
+from synthgen.expand.analysis import analyse, format_table, write_analysis, write_expansion_summary
+from synthgen.expand.dataset import read_dataset
+from synthgen.expand.evaluate import evaluate, format_evaluation, write_evaluation
+from synthgen.expand.generate import MANIFEST, check_out, expand
+from synthgen.expand.plan import Target, make_plan
+from synthgen.expand.report import write_report
+from synthgen.expand.split import training_part
 
 
 @dataclasses.dataclass
@@ -35,11 +42,6 @@ class ExpandSettings:
 
 def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path | None = None,
                log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
-    from synthgen.expand.analysis import analyse, format_table, write_analysis, write_expansion_summary
-    from synthgen.expand.dataset import read_dataset
-    from synthgen.expand.generate import check_out, expand
-    from synthgen.expand.plan import Target, make_plan
-
     if out is not None:
         check_out(out)  # before any reading: an --out that cannot be a folder fails at once
     ds = read_dataset(dataset)
@@ -48,7 +50,6 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     a = analyse(ds, rare=settings.rare, fraction=settings.rare_fraction, progress=progress)
     plan_ds = ds
     if settings.hold_out:
-        from synthgen.expand.split import training_part
 
         plan_ds = training_part(ds, a)
         log(f"--hold-out: planning on the {len(plan_ds.items)} training-split cases of {len(ds.items)} "
@@ -86,10 +87,6 @@ def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | P
                  overwrite: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
     """Train the arms, write ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out``
     (``task``, when given, must be the dataset's: seg or cls)."""
-    from synthgen.expand.dataset import read_dataset
-    from synthgen.expand.evaluate import evaluate, format_evaluation, write_evaluation
-    from synthgen.expand.generate import MANIFEST
-    from synthgen.report.expand_report import write_report
 
     out = Path(out)
     ds = read_dataset(dataset)

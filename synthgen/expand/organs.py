@@ -14,7 +14,13 @@ import functools
 
 import numpy as np
 
+from synthgen.config import load_config
 from synthgen.errors import InputError
+from synthgen.lesions.spec import organ_family
+from synthgen.models.checkpoint import load_module
+from synthgen.models.segmenter import ORGANS, SegmenterConfig, build_segmenter, segment
+from synthgen.pipelines.latent_ct import default_weights
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 #: The segmenter's working grid: spacing (mm) and axis order of its training scans.
@@ -23,14 +29,10 @@ SEG_SPACING_MM = 4.0
 
 @functools.lru_cache(maxsize=1)
 def _segmenter():
-    from synthgen.models.checkpoint import load_module
-    from synthgen.models.segmenter import SegmenterConfig, build_segmenter
-    from synthgen.pipelines.latent_ct import _read_yaml, default_weights
-
     folder = default_weights() / "segmenter"
     if not (folder / "model.safetensors").exists():
         raise InputError(f"{folder}: no organ segmenter shipped; classification sets cannot be expanded")
-    cfg = _read_yaml(folder / "config.yaml", SegmenterConfig)
+    cfg = load_config(SegmenterConfig, paths=[folder / "config.yaml"])
     return load_module(build_segmenter(cfg), folder / "model.safetensors").eval()
 
 
@@ -50,9 +52,6 @@ def organ_labels(ct: Volume, organ: str) -> Volume:
     """A label map on ``ct``'s grid of every organ the segmenter reads (liver, spleen, kidney, heart,
     aorta, named so; the aorta lets the lesion engine estimate the contrast phase); raises when
     ``organ`` (the lesion's host) is not among them or not found."""
-    from synthgen.anatomy.vocab import Vocabulary
-    from synthgen.lesions.spec import organ_family
-    from synthgen.models.segmenter import ORGANS, segment
 
     family = organ_family(organ)
     if family not in ORGANS:

@@ -40,7 +40,11 @@ import numpy as np
 from synthgen.errors import InputError
 from synthgen.expand.analysis import Analysis
 from synthgen.expand.dataset import Dataset
-from synthgen.io.safepath import safe_name
+from synthgen.files.safepath import safe_name
+from synthgen.io import read
+from synthgen.lesions.appearance import PHASES, appearance
+from synthgen.lesions.spec import organ_family
+from synthgen.text.prompt import parse_prompt
 
 GENERATORS = ("lesion_insert",)
 
@@ -178,7 +182,6 @@ def _within_budget(counts: dict[str, int], budget: int | None) -> tuple[dict[str
 
 def lesion_of_class(name: str) -> tuple[str, str] | None:
     """(lesion type, organ) of a class name that reads as a lesion, else None."""
-    from synthgen.text.prompt import parse_prompt
 
     try:
         spec = parse_prompt(name.replace("_", " "))
@@ -206,9 +209,6 @@ def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases
     phase (up to ``max_cases`` cases read); ("auto", why) without any."""
     from scipy import ndimage
 
-    from synthgen.io import read
-    from synthgen.lesions.appearance import PHASES, appearance
-    from synthgen.lesions.spec import organ_family
 
     value = next(v for v, n in ds.classes.items() if n == stats.name)
     by_id = {it.id: it for it in ds.items}
@@ -234,7 +234,6 @@ GENERATORS = ("insert", "diffusion")
 def _case_geometry(ds: Dataset, cases: list[str]) -> tuple[tuple[int, int, int], float]:
     """Median field of view and the finest median spacing of ``cases`` (up to 8 read), as a
     generation grid: isotropic spacing, size rounded up to a multiple of 4 (the VAE's factor)."""
-    from synthgen.io import read
 
     by_id = {it.id: it for it in ds.items}
     vols = [read(by_id[c].image) for c in cases[:8]]

@@ -35,9 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen.drr.job import DRRConfig
+from synthgen._version import __version__
+from synthgen.drr.job import DRRConfig, overlay, projections
+from synthgen.drr.physics import to_uint16
+from synthgen.drr.render import DRRRenderer
 from synthgen.errors import InputError, OverwriteError
-from synthgen.expand.dataset import Dataset, Item
+from synthgen.expand.dataset import Dataset, Item, read_dataset
+from synthgen.files.atomic import write_text
+from synthgen.io import read_pair
+from synthgen.io.record import make_record, sha256_file, write_record
+from synthgen.report.montage import save_png
+from synthgen.vocab import Vocabulary
 
 GENERATOR = "synthgen.expand.xray"
 OVERLAP_RULE = ("smallest projected area wins: among structures whose path length exceeds "
@@ -118,7 +126,6 @@ def xray_dataset(
     """
     from tqdm.auto import tqdm
 
-    from synthgen.drr.job import projections
 
     cfg = config or XRayDatasetConfig()
     if not isinstance(cfg, XRayDatasetConfig):
@@ -157,8 +164,6 @@ def xray_dataset(
 
 # ------------------------------------------------------------------ input checks
 def _check_dataset(ds: Dataset | str | os.PathLike) -> Dataset:
-    from synthgen.expand.dataset import read_dataset
-
     if not isinstance(ds, Dataset):
         ds = read_dataset(ds)
     where = f"{ds.root} ({ds.layout})"
@@ -181,7 +186,6 @@ def _check_dataset(ds: Dataset | str | os.PathLike) -> Dataset:
 
 def _vocabulary(ds: Dataset):
     """The source dataset's classes as a `Vocabulary`, so projected structures carry its names."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     return Vocabulary.from_mapping({v: n for v, n in ds.classes.items() if v != 0}, source=str(ds.index_file or ds.root))
 
@@ -212,20 +216,14 @@ def _plan(items: Sequence[Item], views: list[str], root: Path, *, overwrite: boo
 
 # ------------------------------------------------------------------ one case
 def _read_case(item: Item, vocab):
-    from synthgen.io import read_pair
-
     return read_pair(item.image, item.label, vocab=vocab)
 
 
 def _renderer(ct, lab, cfg: XRayDatasetConfig):
-    from synthgen.drr.render import DRRRenderer
-
     return DRRRenderer(ct, labels=lab, bone_hu=cfg.physics.bone_hu)
 
 
 def _source_hashes(item: Item) -> dict[str, dict[str, str]]:
-    from synthgen.io.record import sha256_file
-
     return {role: {"name": p.name, "sha256": sha256_file(p)} for role, p in (("image", item.image), ("label", item.label))}
 
 
@@ -242,17 +240,11 @@ def _label_image(drr, ds: Dataset, item: Item) -> np.ndarray:
 
 
 def _write_pair(drr, label_img: np.ndarray, image_path: Path, label_path: Path, *, overwrite: bool) -> None:
-    from synthgen.drr.job import _save_png16
-    from synthgen.drr.physics import to_uint16
-    from synthgen.report.montage import save_png
-
-    _save_png16(to_uint16(drr.display.detach().cpu()), image_path, overwrite=overwrite)
+    save_png(to_uint16(drr.display.detach().cpu()).astype(np.uint16), image_path, overwrite=overwrite)
     save_png(label_img, label_path, overwrite=overwrite)
 
 
 def _manifest_line(item, drr, label_img, ds, source, root, image_path, label_path) -> dict:
-    from synthgen import __version__
-
     rec = drr.record()
     counts = np.bincount(label_img.ravel(), minlength=1)
     return {
@@ -274,21 +266,16 @@ def _manifest_line(item, drr, label_img, ds, source, root, image_path, label_pat
 
 
 def _overlay(drr) -> np.ndarray:
-    from synthgen.drr.job import overlay
-
     return overlay(drr)
 
 
 # ------------------------------------------------------------------ dataset files
 def _write_manifest(lines: list[dict], path: Path, *, overwrite: bool) -> Path:
-    from synthgen.io.atomic import write_text
-
     return write_text(path, "".join(json.dumps(x) + "\n" for x in lines), overwrite=overwrite)
 
 
 def _write_preview(tiles: list[np.ndarray], per_row: int, path: Path, *, overwrite: bool) -> Path:
     """Overlay tiles in a grid, one row per case, one column per view, 4-pixel black gaps."""
-    from synthgen.report.montage import save_png
 
     h = max(t.shape[0] for t in tiles)
     w = max(t.shape[1] for t in tiles)
@@ -302,8 +289,6 @@ def _write_preview(tiles: list[np.ndarray], per_row: int, path: Path, *, overwri
 
 
 def _write_dataset_json(ds: Dataset, cfg: XRayDatasetConfig, n_images: int, path: Path, *, overwrite: bool) -> Path:
-    from synthgen.io.record import make_record, write_record
-
     record = make_record(GENERATOR, parameters=dataclasses.asdict(cfg), seed=cfg.seed)
     meta = {
         "channel_names": {"0": "X-ray"},

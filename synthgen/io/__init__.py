@@ -13,8 +13,12 @@ from typing import Literal
 
 import numpy as np
 
-from synthgen.errors import InputError
-from synthgen.volume import Volume
+from synthgen.errors import GridMismatchError, InputError
+from synthgen.io.dicom import read_dicom, write_dicom_multiframe, write_dicom_series
+from synthgen.io.itkio import read_itk, write_itk
+from synthgen.io.nifti import read_nifti, write_nifti
+from synthgen.vocab import Vocabulary
+from synthgen.volume import Volume, describe_grid
 
 Format = Literal["nifti", "nrrd", "mha", "dicom"]
 FORMATS: tuple[str, ...] = ("nifti", "nrrd", "mha", "dicom")
@@ -127,15 +131,12 @@ def read(
         raise InputError(f"{p}: no such file or folder")
     fmt = detect_format(p)
     if fmt == "nifti":
-        from synthgen.io.nifti import read_nifti
 
         vol = read_nifti(p)
     elif fmt in ("nrrd", "mha"):
-        from synthgen.io.itkio import read_itk
 
         vol = read_itk(p, fmt)
     else:
-        from synthgen.io.dicom import read_dicom
 
         vol = read_dicom(p, progress=progress)
     _check_values(vol, p, fmt, allow_one_slice=allow_one_slice, allow_2d=allow_2d, allow_nan=allow_nan)
@@ -184,7 +185,6 @@ def _file_is_2d(path: Path, fmt: Format) -> bool:
 
 def as_label_map(vol: Volume, *, vocab=None, name: str = "label map") -> Volume:
     """Turn an integer-valued image into a label map Volume (kind "label", smallest int dtype)."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     arr = vol.numpy()
     if np.issubdtype(arr.dtype, np.floating):
@@ -208,12 +208,10 @@ def read_pair(
     progress: bool = False,
 ) -> tuple[Volume, Volume]:
     """Read a CT and its label map (any format, a DICOM SEG too) and check that they share one voxel grid."""
-    from synthgen.errors import GridMismatchError
 
     ct = read(image, allow_one_slice=allow_one_slice, progress=progress)
     lab = read(labels, kind="label", vocab=vocab, allow_one_slice=allow_one_slice, progress=progress)
     if not ct.same_grid(lab):
-        from synthgen.volume import describe_grid
 
         raise GridMismatchError(
             f"{labels}: label map is not on the grid of {image} "
@@ -239,14 +237,11 @@ def write(
     p = Path(path)
     fmt = format_for_output(p, format)
     if fmt == "nifti":
-        from synthgen.io.nifti import write_nifti
 
         return write_nifti(volume, p, overwrite=overwrite)
     if fmt in ("nrrd", "mha"):
-        from synthgen.io.itkio import write_itk
 
         return write_itk(volume, p, overwrite=overwrite)
-    from synthgen.io.dicom import write_dicom_multiframe, write_dicom_series
 
     if _extension(p) in (".dcm", ".dicom", ".ima"):
         return write_dicom_multiframe(volume, p, overwrite=overwrite)

@@ -49,9 +49,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-import synthgen
+from synthgen._version import __version__
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_dir, atomic_path
+from synthgen.files.atomic import atomic_dir, atomic_path
 from synthgen.volume import Volume
 
 __all__ = ["read_dicom", "write_dicom_multiframe", "write_dicom_series"]
@@ -60,11 +60,11 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
-_PRIVATE_GROUP = 0x0011
-_PRIVATE_CREATOR = "SYNTHGEN"
-_MARK = "SYNTHETIC"
-_DERIVED = "DERIVED"  # written by synthgen from a volume that is not synthetic (a converted real scan)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "SYNTHGEN"
+SYNTHETIC_MARK = "SYNTHETIC"
+DERIVED_MARK = "DERIVED"  # written by synthgen from a volume that is not synthetic (a converted real scan)
 _INT16 = (-32768, 32767)
 _QUANT_LEVELS = 65534  # stored values -32767..32767
 _ENHANCED_IMAGE_TYPE = ["DERIVED", "SECONDARY", "VOLUME", "NONE"]  # Enhanced CT needs all four values
@@ -75,9 +75,9 @@ _DUPLICATE_MM = 1e-3
 _SPACING_RTOL = 0.01
 
 #: Exceptions pydicom raises on truncated or malformed data (parsing or pixel decoding).
-_CORRUPT_ERRORS = (EOFError, ValueError, AttributeError, KeyError, IndexError, OverflowError, struct.error)
+CORRUPT_ERRORS = (EOFError, ValueError, AttributeError, KeyError, IndexError, OverflowError, struct.error)
 #: Exceptions pydicom raises when no decoder handles the transfer syntax.
-_DECODER_ERRORS = (NotImplementedError, RuntimeError)
+DECODER_ERRORS = (NotImplementedError, RuntimeError)
 #: The pip packages that decode each family of compressed transfer syntaxes (core dependencies of synthgen).
 _DECODER_PACKAGES = (
     (tuple(pydicom.uid.JPEGTransferSyntaxes), "pylibjpeg pylibjpeg-libjpeg"),
@@ -100,9 +100,9 @@ class _Geometry:
     slice_gap: float  # distance between slice planes along the normal
 
 
-def _lps_geometry(affine: np.ndarray, n_slices: int) -> _Geometry:
+def lps_geometry(affine: np.ndarray, n_slices: int) -> _Geometry:
     """DICOM geometry (LPS) of a grid given by its RAS+ ``affine`` with ``n_slices`` k-slices."""
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
     step_i, step_j, step_k = lps[:3, 0], lps[:3, 1], lps[:3, 2]
     sp_i, sp_j = float(np.linalg.norm(step_i)), float(np.linalg.norm(step_j))
     row_dir, col_dir = step_i / sp_i, step_j / sp_j
@@ -121,7 +121,7 @@ def _lps_geometry(affine: np.ndarray, n_slices: int) -> _Geometry:
     )
 
 
-def _ras_affine(
+def ras_affine(
     positions: np.ndarray, orientation: Sequence[float], pixel_spacing: Sequence[float], slice_gap: float
 ) -> np.ndarray:
     """RAS+ affine of slices at sorted LPS ``positions`` (K, 3); ``slice_gap`` is used when K == 1."""
@@ -136,10 +136,10 @@ def _ras_affine(
     else:
         lps[:3, 2] = np.cross(row_dir, col_dir) * slice_gap
     lps[:3, 3] = pos[0]
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps
 
 
-def _normal(orientation: np.ndarray) -> np.ndarray:
+def slice_normal(orientation: np.ndarray) -> np.ndarray:
     n = np.cross(orientation[:3], orientation[3:])
     return n / np.linalg.norm(n)
 
@@ -182,11 +182,11 @@ def read_dicom(path: Path, *, progress: bool = False) -> Volume:
     if path.is_dir():
         datasets = _read_folder(path, progress=progress)
     elif path.is_file():
-        ds = _read_file(path)
+        ds = read_dicom_file(path)
         if isinstance(ds, str):
             raise InputError(f"{path}: {ds}")
         if str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE:
-            from synthgen.io.dicom_seg import seg_to_volume
+            from synthgen.io.dicom_seg import seg_to_volume  # dicom_seg builds on this module
 
             return seg_to_volume(ds, path)
         datasets = [(path, ds)]
@@ -196,20 +196,20 @@ def read_dicom(path: Path, *, progress: bool = False) -> Volume:
     frames = _sort_frames(frames, path)
     array = _stack(frames)
     ref = frames[0]
-    affine = _ras_affine([f.position for f in frames], ref.orientation, ref.pixel_spacing, ref.thickness or 1.0)
+    affine = ras_affine([f.position for f in frames], ref.orientation, ref.pixel_spacing, ref.thickness or 1.0)
     return _volume(array, affine, path, [ds for _, ds in datasets], frames)
 
 
-def _read_file(file: Path) -> Dataset | str:
+def read_dicom_file(file: Path) -> Dataset | str:
     """The dataset of a DICOM image file, or a string saying why the file is not one."""
     try:
         ds = pydicom.dcmread(file)
     except InvalidDicomError:
         return "not a DICOM file (no DICM preamble/readable dataset)"
     except OSError as e:
-        raise InputError(f"{file}: cannot read file: {_one_line(e)}") from e
-    except _CORRUPT_ERRORS as e:
-        raise InputError(f"{file}: truncated or corrupt DICOM file: {_one_line(e)}") from e
+        raise InputError(f"{file}: cannot read file: {one_line_error(e)}") from e
+    except CORRUPT_ERRORS as e:
+        raise InputError(f"{file}: truncated or corrupt DICOM file: {one_line_error(e)}") from e
     if "PixelData" not in ds:
         # pydicom stops quietly where a file ends: an image file without pixels was cut short.
         sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
@@ -227,7 +227,7 @@ def _read_folder(folder: Path, *, progress: bool) -> list[tuple[Path, Dataset]]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     found = []
     for file in tqdm(files, disable=not progress, desc=f"reading {folder.name}", unit="file"):
-        ds = _read_file(file)
+        ds = read_dicom_file(file)
         if not isinstance(ds, str):
             found.append((file, ds))
     if not found:
@@ -252,11 +252,11 @@ def _frames(ds: Dataset, file: Path) -> list[_Frame]:
         per_frame_positions = _has_per_frame(ds, "PlanePositionSequence")
         frames = []
         for f in range(pixels.shape[0]):
-            sources = _frame_sources(ds, f)
-            orientation = _numbers(sources, "ImageOrientationPatient", 6, file)
-            spacing = _numbers(sources, "PixelSpacing", 2, file)
-            position = _numbers(sources, "ImagePositionPatient", 3, file)
-            between, thickness = _lookup(sources, "SpacingBetweenSlices"), _lookup(sources, "SliceThickness")
+            sources = frame_sources(ds, f)
+            orientation = tag_numbers(sources, "ImageOrientationPatient", 6, file)
+            spacing = tag_numbers(sources, "PixelSpacing", 2, file)
+            position = tag_numbers(sources, "ImagePositionPatient", 3, file)
+            between, thickness = lookup_tag(sources, "SpacingBetweenSlices"), lookup_tag(sources, "SliceThickness")
             gap = abs(float(between or thickness)) if (between or thickness) else None
             thickness = abs(float(thickness or between)) if (thickness or between) else None
             if pixels.shape[0] > 1 and not per_frame_positions:
@@ -266,10 +266,10 @@ def _frames(ds: Dataset, file: Path) -> list[_Frame]:
                         f"{file}: multi-frame file has no per-frame positions and no SpacingBetweenSlices/"
                         "SliceThickness; cannot place its frames"
                     )
-                position = position + f * gap * _normal(orientation)
-            slope, intercept = _lookup(sources, "RescaleSlope"), _lookup(sources, "RescaleIntercept")
+                position = position + f * gap * slice_normal(orientation)
+            slope, intercept = lookup_tag(sources, "RescaleSlope"), lookup_tag(sources, "RescaleIntercept")
             slope, intercept = 1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)
-            order = f if pixels.shape[0] > 1 else _lookup([ds], "InstanceNumber")
+            order = f if pixels.shape[0] > 1 else lookup_tag([ds], "InstanceNumber")
             order = None if order is None else float(order)
             frames.append(
                 _Frame(position, orientation, tuple(spacing.tolist()), gap, slope, intercept, pixels[f], order,
@@ -277,8 +277,8 @@ def _frames(ds: Dataset, file: Path) -> list[_Frame]:
             )
     except InputError:  # a ValueError too: our own message, pass it on as is
         raise
-    except _CORRUPT_ERRORS as e:
-        raise InputError(f"{file}: truncated or corrupt DICOM file: {_one_line(e)}") from e
+    except CORRUPT_ERRORS as e:
+        raise InputError(f"{file}: truncated or corrupt DICOM file: {one_line_error(e)}") from e
     return frames
 
 
@@ -286,16 +286,16 @@ def _pixels(ds: Dataset, file: Path) -> np.ndarray:
     """Stored pixel values as (frames, Rows, Columns)."""
     try:
         pixels = ds.pixel_array
-    except _DECODER_ERRORS as e:
-        raise InputError(_decode_error(ds, file, e)) from e
-    except _CORRUPT_ERRORS as e:
-        raise InputError(f"{file}: truncated or corrupt DICOM file: {_one_line(e)}") from e
+    except DECODER_ERRORS as e:
+        raise InputError(decode_error(ds, file, e)) from e
+    except CORRUPT_ERRORS as e:
+        raise InputError(f"{file}: truncated or corrupt DICOM file: {one_line_error(e)}") from e
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(f"{file}: colour image (SamplesPerPixel {ds.SamplesPerPixel}); expected a grey-level CT image")
     return pixels.reshape((-1, *pixels.shape[-2:]))
 
 
-def _decode_error(ds: Dataset, file: Path, error: BaseException) -> str:
+def decode_error(ds: Dataset, file: Path, error: BaseException) -> str:
     """One line on why pixel data did not decode: no decoder installed (and what to install), none exists, or bad data."""
     from pydicom.pixels import get_decoder
 
@@ -311,7 +311,7 @@ def _decode_error(ds: Dataset, file: Path, error: BaseException) -> str:
     if not available:
         package = next((pkg for uids, pkg in _DECODER_PACKAGES if syntax in uids), "pylibjpeg")
         return f"{file}: cannot decode {name} pixel data: no decoder is installed; pip install {package}"
-    return f"{file}: truncated or corrupt {name} pixel data: {_one_line(error)}"
+    return f"{file}: truncated or corrupt {name} pixel data: {one_line_error(error)}"
 
 
 def _has_per_frame(ds: Dataset, keyword: str) -> bool:
@@ -319,7 +319,7 @@ def _has_per_frame(ds: Dataset, keyword: str) -> bool:
     return bool(per) and keyword in per[0] and len(per[0][keyword].value) > 0
 
 
-def _frame_sources(ds: Dataset, f: int) -> list[Dataset]:
+def frame_sources(ds: Dataset, f: int) -> list[Dataset]:
     """Datasets to look a frame's tags up in, most specific first: per-frame groups, shared groups, top level."""
     sources = []
     for keyword, index in (("PerFrameFunctionalGroupsSequence", f), ("SharedFunctionalGroupsSequence", 0)):
@@ -330,7 +330,7 @@ def _frame_sources(ds: Dataset, f: int) -> list[Dataset]:
     return sources
 
 
-def _lookup(sources: list[Dataset], keyword: str):
+def lookup_tag(sources: list[Dataset], keyword: str):
     for source in sources:
         value = source.get(keyword)
         if value is None or value == "" or (isinstance(value, MultiValue) and len(value) == 0):
@@ -339,8 +339,8 @@ def _lookup(sources: list[Dataset], keyword: str):
     return None
 
 
-def _numbers(sources: list[Dataset], keyword: str, count: int, file: Path) -> np.ndarray:
-    value = _lookup(sources, keyword)
+def tag_numbers(sources: list[Dataset], keyword: str, count: int, file: Path) -> np.ndarray:
+    value = lookup_tag(sources, keyword)
     if value is None:
         raise InputError(f"{file}: missing {keyword}; cannot place the image in space")
     raw = list(value) if isinstance(value, MultiValue) else [value]
@@ -365,7 +365,7 @@ def _sort_frames(frames: list[_Frame], path: Path) -> list[_Frame]:
         raise InputError(f"{path}: ImageOrientationPatient must hold two perpendicular directions, got {row}, {col}")
     if min(ref.pixel_spacing) <= 0:
         raise InputError(f"{path}: PixelSpacing must be positive, got {list(ref.pixel_spacing)}")
-    normal = _normal(ref.orientation)
+    normal = slice_normal(ref.orientation)
     frames = sorted(frames, key=lambda fr: float(fr.position @ normal))
     _check_spacing(np.array([fr.position for fr in frames]), normal, path)
     # Keep the file's own slice order (and so a left-handed voxel grid such as LAS)
@@ -413,11 +413,11 @@ def _volume(
     array: np.ndarray, affine: np.ndarray, path: Path, datasets: list[Dataset], frames: list[_Frame]
 ) -> Volume:
     first = datasets[0]
-    marks = [_synthgen_mark(ds) for ds in datasets]
+    marks = [synthgen_mark(ds) for ds in datasets]
     mark = next((m for m in marks if m is not None), None)
     description = str(first.get("SeriesDescription", ""))
-    synthetic = (mark or {}).get("mark") == _MARK or (
-        mark is None and any(str(ds.get("SeriesDescription", "")).upper().startswith(_MARK) for ds in datasets)
+    synthetic = (mark or {}).get("mark") == SYNTHETIC_MARK or (
+        mark is None and any(str(ds.get("SeriesDescription", "")).upper().startswith(SYNTHETIC_MARK) for ds in datasets)
     )
     multiframe = any(
         int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in datasets
@@ -437,10 +437,10 @@ def _volume(
     return Volume(array, affine, kind, units, modality, source=str(path), synthetic=synthetic, meta=meta)
 
 
-def _synthgen_mark(ds: Dataset) -> dict[str, str] | None:
+def synthgen_mark(ds: Dataset) -> dict[str, str] | None:
     """The private SYNTHGEN block's contents (``mark`` SYNTHETIC or DERIVED), or None when the file carries none."""
     try:
-        block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR)
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
     except KeyError:
         return None
     values = {}
@@ -448,10 +448,10 @@ def _synthgen_mark(ds: Dataset) -> dict[str, str] | None:
         if block.get_tag(offset) in ds:
             value = block[offset].value
             values[name] = (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
-    return values if values.get("mark") in (_MARK, _DERIVED) else None
+    return values if values.get("mark") in (SYNTHETIC_MARK, DERIVED_MARK) else None
 
 
-def _one_line(error: BaseException) -> str:
+def one_line_error(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -482,7 +482,7 @@ def write_dicom_series(
 
     folder = Path(folder)
     stored = _quantise(volume)
-    geometry = _lps_geometry(volume.affine, volume.shape[2])
+    geometry = lps_geometry(volume.affine, volume.shape[2])
     uids = _new_uids()
     names = [f"IM{k + 1:05d}.dcm" for k in range(volume.shape[2])]
     with atomic_dir(folder, overwrite=overwrite, owned=_is_series_file) as tmp:
@@ -494,7 +494,7 @@ def write_dicom_series(
             ds.PixelSpacing = _ds_list(geometry.pixel_spacing)
             ds.SliceThickness = _ds_list([geometry.slice_gap])[0]
             ds.SpacingBetweenSlices = _ds_list([geometry.slice_gap])[0]
-            ds.SliceLocation = _ds_list([geometry.positions[k] @ _normal(geometry.orientation)])[0]
+            ds.SliceLocation = _ds_list([geometry.positions[k] @ slice_normal(geometry.orientation)])[0]
             ds.RescaleSlope, ds.RescaleIntercept = stored.slope, stored.intercept
             ds.RescaleType = _rescale_type(volume)
             _set_pixels(ds, stored.array[:, :, k].T[None])
@@ -516,7 +516,7 @@ def write_dicom_multiframe(volume: Volume, path: Path, *, overwrite: bool = Fals
     """
     path = Path(path)
     stored = _quantise(volume)
-    geometry = _lps_geometry(volume.affine, volume.shape[2])
+    geometry = lps_geometry(volume.affine, volume.shape[2])
     ds = _base_dataset(volume, ENHANCED_CT_IMAGE_STORAGE, _new_uids(), image_type=_ENHANCED_IMAGE_TYPE)
     ds.InstanceNumber = 1
     ds.NumberOfFrames = volume.shape[2]
@@ -604,10 +604,10 @@ def _base_dataset(volume: Volume, sop_class: str, uids: dict[str, str], *, image
     ds.AccessionNumber = ds.ReferringPhysicianName = ds.StudyID = ""
     ds.Modality = "CT" if label else (volume.modality or "CT")
     ds.Manufacturer = "synthgen"
-    ds.SoftwareVersions = synthgen.__version__
+    ds.SoftwareVersions = __version__
     mark = _mark_of(volume)
     ds.SeriesDescription = f"{mark} label map" if label else f"{mark} synthgen {volume.modality or 'CT'} image"
-    ds.PatientName, ds.PatientID = (("SYNTHETIC^SYNTHGEN", "SYNTHETIC") if mark == _MARK
+    ds.PatientName, ds.PatientID = (("SYNTHETIC^SYNTHGEN", "SYNTHETIC") if mark == SYNTHETIC_MARK
                                     else ("ANONYMOUS^SYNTHGEN", "ANONYMOUS"))
     ds.PatientBirthDate = ds.PatientSex = ""
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
@@ -616,7 +616,7 @@ def _base_dataset(volume: Volume, sop_class: str, uids: dict[str, str], *, image
     ds.ImageComments = _comments(volume)
     ds.BurnedInAnnotation = "NO"
     ds.KVP = ds.AcquisitionNumber = ""
-    block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True)
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", mark)
     block.add_new(0x02, "LO", volume.kind)
     block.add_new(0x03, "LO", str(volume.units)[:64])
@@ -625,13 +625,13 @@ def _base_dataset(volume: Volume, sop_class: str, uids: dict[str, str], *, image
 
 def _mark_of(volume: Volume) -> str:
     """SYNTHETIC for generated values, DERIVED for anything else synthgen writes (a converted real scan)."""
-    return _MARK if volume.synthetic is True else _DERIVED
+    return SYNTHETIC_MARK if volume.synthetic is True else DERIVED_MARK
 
 
 def _comments(volume: Volume) -> str:
-    if _mark_of(volume) == _MARK:
-        return f"synthetic image generated by synthgen {synthgen.__version__}; not for diagnostic use"
-    return f"converted by synthgen {synthgen.__version__}; identifiers removed; not for diagnostic use"
+    if _mark_of(volume) == SYNTHETIC_MARK:
+        return f"synthetic image generated by synthgen {__version__}; not for diagnostic use"
+    return f"converted by synthgen {__version__}; identifiers removed; not for diagnostic use"
 
 
 def _set_pixels(ds: Dataset, frames: np.ndarray) -> None:

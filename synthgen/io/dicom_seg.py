@@ -27,29 +27,30 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-import synthgen
+from synthgen._version import __version__
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_path
+from synthgen.files.atomic import atomic_path
 from synthgen.io.dicom import (
-    _CORRUPT_ERRORS,
-    _DECODER_ERRORS,
-    _DERIVED,
-    _LPS_TO_RAS,
-    _MARK,
-    _PRIVATE_CREATOR,
-    _PRIVATE_GROUP,
+    CORRUPT_ERRORS,
+    DECODER_ERRORS,
+    DERIVED_MARK,
+    LPS_TO_RAS,
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
     SEGMENTATION_STORAGE,
-    _decode_error,
-    _frame_sources,
-    _lookup,
-    _lps_geometry,
-    _normal,
-    _numbers,
-    _one_line,
-    _ras_affine,
-    _read_file,
-    _synthgen_mark,
+    SYNTHETIC_MARK,
+    decode_error,
+    frame_sources,
+    lookup_tag,
+    lps_geometry,
+    one_line_error,
+    ras_affine,
+    read_dicom_file,
+    slice_normal,
+    synthgen_mark,
+    tag_numbers,
 )
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 __all__ = ["read_dicom_seg", "write_dicom_seg"]
@@ -94,7 +95,7 @@ def write_dicom_seg(labels: Volume, path: str | os.PathLike, *, series_dir: Path
     vocab = labels.vocab
     descriptions = [_segment_description(hd, n, vocab.name(i) if vocab else f"label_{i}", i, labels)
                     for n, i in enumerate(ids, start=1)]
-    mark = _MARK if labels.synthetic is True else _DERIVED
+    mark = SYNTHETIC_MARK if labels.synthetic is True else DERIVED_MARK
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=np.ascontiguousarray(numbers.transpose(2, 1, 0)),  # (frames = k, rows = j, columns = i)
@@ -106,15 +107,15 @@ def write_dicom_seg(labels: Volume, path: str | os.PathLike, *, series_dir: Path
         instance_number=1,
         manufacturer="synthgen",
         manufacturer_model_name="synthgen",
-        software_versions=synthgen.__version__,
+        software_versions=__version__,
         device_serial_number="synthgen",  # type 1 in a SEG: the software, not a device of a source scan
         content_description=f"{mark} label map",
         content_label="SYNTHGEN",
     )
     seg.SeriesDescription = f"{mark} label map"
     for n, item in enumerate(seg.SegmentSequence):
-        item.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True).add_new(_SEGMENT_ID, "UL", ids[n])
-    block = seg.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True)
+        item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True).add_new(_SEGMENT_ID, "UL", ids[n])
+    block = seg.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", mark)
     block.add_new(0x02, "LO", "label")
     block.add_new(0x03, "LO", "id")
@@ -131,13 +132,13 @@ def _sources_by_slice(labels: Volume, series_dir: Path) -> list[Dataset]:
         raise InputError(f"{series_dir}: not a folder; a DICOM SEG references a CT series folder")
     datasets = []
     for file in sorted(p for p in series_dir.iterdir() if p.is_file()):
-        ds = _read_file(file)
+        ds = read_dicom_file(file)
         if not isinstance(ds, str):
             del ds.PixelData  # highdicom reads geometry and identifiers only
             datasets.append(ds)
     if not datasets:
         raise InputError(f"{series_dir}: folder holds no DICOM images to reference")
-    geometry = _lps_geometry(labels.affine, labels.shape[2])
+    geometry = lps_geometry(labels.affine, labels.shape[2])
     ref = datasets[0]
 
     def mismatch(what: str) -> InputError:
@@ -172,7 +173,7 @@ def _segment_description(hd, number: int, name: str, label_id: int, labels: Volu
         category = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
         kind = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="synthgen", family=codes.cid7162.ArtificialIntelligence, version=synthgen.__version__
+        name="synthgen", family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
     return hd.seg.SegmentDescription(
         segment_number=number,
@@ -203,7 +204,7 @@ def read_dicom_seg(path: str | os.PathLike) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    ds = _read_file(path)
+    ds = read_dicom_file(path)
     if isinstance(ds, str):
         raise InputError(f"{path}: {ds}")
     return seg_to_volume(ds, path)
@@ -217,15 +218,13 @@ def seg_to_volume(ds: Dataset, path: Path) -> Volume:
         return _seg_volume(ds, path)
     except InputError:
         raise
-    except _DECODER_ERRORS as e:
-        raise InputError(_decode_error(ds, path, e)) from e
-    except _CORRUPT_ERRORS as e:
-        raise InputError(f"{path}: truncated or corrupt DICOM SEG file: {_one_line(e)}") from e
+    except DECODER_ERRORS as e:
+        raise InputError(decode_error(ds, path, e)) from e
+    except CORRUPT_ERRORS as e:
+        raise InputError(f"{path}: truncated or corrupt DICOM SEG file: {one_line_error(e)}") from e
 
 
 def _seg_volume(ds: Dataset, path: Path) -> Volume:
-    from synthgen.anatomy.vocab import Vocabulary
-
     seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
     if seg_type not in ("BINARY", "FRACTIONAL"):
         raise InputError(f"{path}: SegmentationType {seg_type} is not supported; expected BINARY or FRACTIONAL")
@@ -236,7 +235,7 @@ def _seg_volume(ds: Dataset, path: Path) -> Volume:
     segments = {int(item.SegmentNumber): item for item in ds.SegmentSequence}
     names = {n: str(item.get("SegmentLabel", "") or f"segment_{n}").strip() for n, item in segments.items()}
     ids = _label_ids(segments, names)
-    mark = _synthgen_mark(ds)
+    mark = synthgen_mark(ds)
     affine, shape = _grid(ds, path, pixels.shape[0])
     inverse = np.linalg.inv(affine)
     out = np.zeros(shape, dtype=np.uint8 if max(ids.values()) <= 255 else np.uint16)
@@ -245,8 +244,8 @@ def _seg_volume(ds: Dataset, path: Path) -> Volume:
         number = _segment_number(ds, f, path)
         if number not in ids:
             raise InputError(f"{path}: frame {f + 1} refers to segment {number}, which the SegmentSequence lacks")
-        position = _numbers(_frame_sources(ds, f), "ImagePositionPatient", 3, path)
-        i, j, k = (inverse @ _LPS_TO_RAS @ np.append(position, 1.0))[:3]
+        position = tag_numbers(frame_sources(ds, f), "ImagePositionPatient", 3, path)
+        i, j, k = (inverse @ LPS_TO_RAS @ np.append(position, 1.0))[:3]
         ki = int(np.rint(k))
         if abs(i) > 1e-2 or abs(j) > 1e-2 or abs(k - ki) > 1e-2 or not 0 <= ki < shape[2]:
             raise InputError(f"{path}: frame {f + 1} lies off the segmentation's slice grid")
@@ -267,8 +266,8 @@ def _seg_volume(ds: Dataset, path: Path) -> Volume:
         "segments": len(segments),
         "overlapping_voxels": overlap,
     }
-    synthetic = (mark or {}).get("mark") == _MARK or (
-        mark is None and str(ds.get("SeriesDescription", "")).upper().startswith(_MARK)
+    synthetic = (mark or {}).get("mark") == SYNTHETIC_MARK or (
+        mark is None and str(ds.get("SeriesDescription", "")).upper().startswith(SYNTHETIC_MARK)
     )
     return Volume(out, affine, "label", "id", source=str(path), synthetic=synthetic, vocab=vocab, meta=meta)
 
@@ -276,12 +275,11 @@ def _seg_volume(ds: Dataset, path: Path) -> Volume:
 def _label_ids(segments: dict[int, Dataset], names: dict[int, str]) -> dict[int, int]:
     """Label id of each segment number: synthgen's own record, else the default vocabulary's ids for the
     segment labels (when every label is in it), else the segment numbers."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     recorded = {}
     for n, item in segments.items():
         try:
-            block = item.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR)
+            block = item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
             recorded[n] = int(block[_SEGMENT_ID].value)
         except KeyError:
             break
@@ -294,7 +292,7 @@ def _label_ids(segments: dict[int, Dataset], names: dict[int, str]) -> dict[int,
 
 
 def _segment_number(ds: Dataset, f: int, path: Path) -> int:
-    value = _lookup(_frame_sources(ds, f), "ReferencedSegmentNumber")
+    value = lookup_tag(frame_sources(ds, f), "ReferencedSegmentNumber")
     if value is None:
         raise InputError(f"{path}: frame {f + 1} names no ReferencedSegmentNumber")
     return int(value[0] if isinstance(value, MultiValue) else value)
@@ -303,24 +301,24 @@ def _segment_number(ds: Dataset, f: int, path: Path) -> int:
 def _grid(ds: Dataset, path: Path, n_frames: int) -> tuple[np.ndarray, tuple[int, int, int]]:
     """RAS+ affine and shape of the label map: recorded by synthgen, else spanned by the frames."""
     try:
-        block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR)
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
         shape = tuple(int(v) for v in block[_GRID_SHAPE].value)
         affine = np.asarray(block[_GRID_AFFINE].value, dtype=np.float64).reshape(4, 4)
         if len(shape) == 3 and min(shape) > 0:
             return affine, shape  # type: ignore[return-value]
     except (KeyError, ValueError, TypeError):
         pass
-    sources = _frame_sources(ds, 0)
-    orientation = _numbers(sources, "ImageOrientationPatient", 6, path)
-    spacing = _numbers(sources, "PixelSpacing", 2, path)
-    normal = _normal(orientation)
-    positions = [_numbers(_frame_sources(ds, f), "ImagePositionPatient", 3, path) for f in range(n_frames)]
+    sources = frame_sources(ds, 0)
+    orientation = tag_numbers(sources, "ImageOrientationPatient", 6, path)
+    spacing = tag_numbers(sources, "PixelSpacing", 2, path)
+    normal = slice_normal(orientation)
+    positions = [tag_numbers(frame_sources(ds, f), "ImagePositionPatient", 3, path) for f in range(n_frames)]
     distinct = sorted({round(float(p @ normal), 3): p for p in positions}.items())
-    step = _lookup(sources, "SpacingBetweenSlices") or _lookup(sources, "SliceThickness")
+    step = lookup_tag(sources, "SpacingBetweenSlices") or lookup_tag(sources, "SliceThickness")
     gaps = np.diff([d for d, _ in distinct])
     step = abs(float(step)) if step else (float(gaps.min()) if len(gaps) else 1.0)
     first, last = distinct[0], distinct[-1]
     count = int(np.rint((last[0] - first[0]) / step)) + 1
     stack = np.array([first[1] + k * step * normal for k in range(count)])
-    affine = _ras_affine(stack, orientation, spacing, step)
+    affine = ras_affine(stack, orientation, spacing, step)
     return affine, (int(ds.Columns), int(ds.Rows), count)

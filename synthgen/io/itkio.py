@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.io.atomic import TMP_SUFFIX, atomic_path, named_staging
+from synthgen.files.atomic import TMP_SUFFIX, atomic_path, named_staging
+from synthgen.memory import check_fits, shape_text
 from synthgen.volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -65,7 +66,6 @@ def _check_header(reader, path: Path) -> None:
     """Refuse a header whose sizes are not positive or whose voxels would not fit in memory."""
     import SimpleITK as sitk
 
-    from synthgen.memory import check_fits, shape_text
 
     size = tuple(int(n) for n in reader.GetSize())
     if not size or min(size) < 1:

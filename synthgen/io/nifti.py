@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_path, named_staging
+from synthgen.files.atomic import atomic_path, named_staging
+from synthgen.memory import check_fits, shape_text
 from synthgen.volume import Volume
 
 #: Text stored in the header's 80-byte ``descrip`` field of every file synthgen writes.
@@ -76,7 +77,6 @@ def _check_header(img, path: Path) -> None:
     """Refuse, before any voxel is read, a header whose dimensions are not positive, whose
     voxels would not fit in memory, or (uncompressed files) that promises more bytes than
     the file holds: a forged header must not become a `MemoryError` or `OverflowError`."""
-    from synthgen.memory import check_fits, shape_text
 
     shape = tuple(int(n) for n in img.header.get_data_shape())
     if not shape or min(shape) < 1:

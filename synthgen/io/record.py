@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from synthgen.io.atomic import write_text
+from synthgen._version import __version__
+from synthgen.files.atomic import write_text
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -42,7 +43,6 @@ def make_record(
     synthetic: bool = True,
 ) -> dict[str, Any]:
     """A provenance record (plain JSON-able dict). Inputs are identified by hash and file name only."""
-    from synthgen import __version__
 
     return {
         "synthetic": synthetic,

@@ -35,11 +35,23 @@ from typing import Any
 import numpy as np
 
 from synthgen._assets import asset_path
+from synthgen.anatomy.ops import bounding_box
 from synthgen.errors import InputError, did_you_mean
+from synthgen.vocab import Vocabulary
+from synthgen.volume import Volume, as_spacing_mm
 
 __all__ = [
-    "LESION_TYPES", "ORGANS", "PHASES", "Appearance", "appearance", "supported_appearances", "estimate_phase",
-    "NoiseModel", "estimate_noise", "correlated_noise", "texture",
+    "LESION_TYPES",
+    "ORGANS",
+    "PHASES",
+    "Appearance",
+    "NoiseModel",
+    "appearance",
+    "correlated_noise",
+    "estimate_noise",
+    "estimate_phase",
+    "supported_appearances",
+    "texture",
 ]  # fmt: skip
 
 LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_glass", "hemorrhage")
@@ -250,9 +262,6 @@ def estimate_phase(ct_hu: Any, labels: Any, vocab: Any = None) -> tuple[str, dic
 
 
 def _phase_inputs(ct_hu: Any, labels: Any, vocab: Any) -> tuple[np.ndarray, np.ndarray, Any]:
-    from synthgen.anatomy.vocab import Vocabulary
-    from synthgen.volume import Volume
-
     if isinstance(ct_hu, Volume) and isinstance(labels, Volume):
         ct_hu.check_same_grid(labels, names=("CT", "label map"))
     if vocab is None:
@@ -373,7 +382,6 @@ def estimate_noise(hu: np.ndarray, region: np.ndarray, *, spacing_mm: Any) -> No
     count = int(np.count_nonzero(mask))
     if count < MIN_NOISE_VOXELS:
         raise InputError(f"noise region has {count} voxels; estimate_noise needs at least {MIN_NOISE_VOXELS}")
-    from synthgen.anatomy.ops import bounding_box
 
     box = tuple(slice(a, b) for a, b in zip(*bounding_box(mask)))
     lags_mm, variances = _lag_variances(x[box].astype(np.float64), mask[box], sp)
@@ -572,8 +580,6 @@ def _is_number(v: Any) -> bool:
 
 
 def _spacing(spacing_mm: Any) -> np.ndarray:
-    from synthgen.volume import as_spacing_mm
-
     return as_spacing_mm(spacing_mm, name="spacing_mm")
 
 

@@ -18,9 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from synthgen.anatomy.ops import bounding_box, distance_to_surface_mm, organ_mask
 from synthgen.errors import InputError
+from synthgen.lesions.appearance import (
+    NoiseModel,
+    appearance,
+    correlated_noise,
+    estimate_noise,
+    estimate_phase,
+    texture,
+)
 from synthgen.lesions.shape import Shape, lesion_shape
 from synthgen.lesions.spec import LesionSpec
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 #: Tries of random centres per shape, and of shapes, before the organ is declared too small.
@@ -121,7 +131,6 @@ def place(
         if not _allowed(organ, occupied, start, grown):
             raise InputError("the lesion at the requested location does not fit inside the organ with its margin")
         return tuple(int(s + p) for s, p in zip(start, pad))
-    from synthgen.anatomy.ops import bounding_box
 
     box = bounding_box(organ)
     if box is None:
@@ -138,8 +147,6 @@ def place(
 
 
 def _too_small_message(organ: np.ndarray, shape: Shape, spacing: np.ndarray, margin_mm: float) -> str:
-    from synthgen.anatomy.ops import distance_to_surface_mm
-
     inscribed = 2 * float(distance_to_surface_mm(organ, spacing).max())
     return (
         f"organ too small for a {shape.diameter_mm:.0f} mm lesion (extent {2 * shape.radius_mm:.0f} mm) with a "
@@ -200,7 +207,6 @@ def mass_effect(
 def _noise_near(hu: np.ndarray, organ: np.ndarray, start, shape: Shape, spacing: np.ndarray):
     """Noise of the host organ around the site (the lesion's box plus 6 mm, the lesion itself and a
     2 mm shell excluded); a conservative default when too little tissue is visible."""
-    from synthgen.lesions.appearance import NoiseModel, estimate_noise
 
     lo, hi = _work_box(start, shape.occupancy.shape, hu.shape, margin_vox=np.ceil(6.0 / spacing).astype(int))
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -228,7 +234,6 @@ def _insert_one(
     center_vox=None,
 ) -> dict[str, Any]:
     """Insert one lesion in place into the output arrays (the input arrays are never touched)."""
-    from synthgen.lesions.appearance import appearance, correlated_noise, texture
 
     sp = ct.spacing
     diameter = _diameter(spec, rng)
@@ -292,7 +297,6 @@ def insert_lesions(ct: Volume, labels: Volume, specs: LesionSpec | list[LesionSp
         InputError: grids differ, the organ is absent or too small, a type/organ pair has no
             appearance, or a requested location does not fit. Nothing is modified on error.
     """
-    from synthgen.anatomy.ops import organ_mask
 
     specs = [specs] if isinstance(specs, LesionSpec) else list(specs)
     if not specs:
@@ -332,7 +336,6 @@ def insert_lesions(ct: Volume, labels: Volume, specs: LesionSpec | list[LesionSp
 def _with_lesion_classes(vocab, names: list[str]):
     """The label map's vocabulary plus the lesion classes it lacks: synthgen's default id when free,
     else the smallest free id from 200 (so a user's own mapping is never overridden)."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     default = Vocabulary.default()
     vocab = vocab or default
@@ -358,7 +361,6 @@ def _widen(lab: np.ndarray, top_id: int) -> np.ndarray:
 def _phase(specs: list[LesionSpec], hu: np.ndarray, lab: np.ndarray, vocab) -> tuple[str, dict]:
     if all(s.phase != "auto" for s in specs):
         return specs[0].phase, {"rule": "given"}
-    from synthgen.lesions.appearance import estimate_phase
 
     return estimate_phase(hu, lab, vocab)
 

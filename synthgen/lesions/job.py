@@ -6,8 +6,14 @@ import dataclasses
 import os
 from pathlib import Path
 
+from synthgen.files.atomic import check_writable, write_text
+from synthgen.files.safepath import safe_name
+from synthgen.io.record import make_record
 from synthgen.lesions.insert import InsertResult, insert_lesions
 from synthgen.lesions.spec import LesionSpec
+from synthgen.outputs import write_case
+from synthgen.report.lesion_preview import lesion_rows
+from synthgen.report.montage import save_png
 from synthgen.volume import Volume
 
 
@@ -37,11 +43,6 @@ def run(
     ``<stem>.json`` (provenance with the hashes of ``inputs`` + one record per lesion), ``<stem>.yaml``
     (the specs) and, with ``preview``, ``<stem>_preview.png`` (axial/coronal/sagittal through each
     lesion, outlined). Nothing is written when the request fails."""
-    from synthgen.io.atomic import check_writable, write_text
-    from synthgen.io.case import write_case
-    from synthgen.io.record import make_record
-
-    from synthgen.io.safepath import safe_name
 
     out = Path(out_dir)
     extra = {"specs": out / f"{safe_name(stem, what='file name stem')}.yaml"}
@@ -60,8 +61,6 @@ def run(
     paths = write_case(out, stem, ct=result.ct, labels=result.labels, record=record, preview=False, overwrite=overwrite)
     paths["specs"] = write_text(extra["specs"], specs_yaml(specs), overwrite=overwrite)
     if preview:
-        from synthgen.report.lesion_preview import lesion_rows
-        from synthgen.report.montage import save_png
 
         paths["preview"] = save_png(lesion_rows(result.ct, result.labels, result.lesions), extra["preview"], overwrite=overwrite)
     return result, paths

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from synthgen.config import read_yaml
 from synthgen.errors import InputError, did_you_mean
 from synthgen.lesions.appearance import LESION_TYPES
 from synthgen.lesions.appearance import ORGANS as ORGAN_FAMILIES  # organ families of the appearance table
@@ -176,7 +177,6 @@ def _location(value: Any) -> str | tuple[float, float, float]:
 
 def load_specs(path: str | os.PathLike) -> list[LesionSpec]:
     """Read specs from YAML: a list of specs, or ``{lesions: [...]}``."""
-    from synthgen.config import read_yaml
 
     p = Path(path)
     if not p.is_file():

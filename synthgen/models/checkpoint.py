@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from synthgen.errors import InputError
-from synthgen.io.atomic import atomic_path
+from synthgen.files.atomic import atomic_path
 
 
 def save_module(module: torch.nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,

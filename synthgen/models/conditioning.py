@@ -18,8 +18,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from synthgen.anatomy.vocab import Vocabulary
 from synthgen.errors import InputError
+from synthgen.models.hu import hu_to_model
+from synthgen.vocab import Vocabulary
 
 #: (channel, members): members are structure names or vocabulary groups; a name goes to the
 #: first channel that lists it. Unlisted structures are "body"; label 0 is "outside".
@@ -123,7 +124,6 @@ class Prior:
                 ch = 0 if i == 0 else channel_of_name(name, vocab)
                 ch_sums[ch] += (si, ni)
         by_name = {k: v[0] / v[1] for k, v in sums.items() if v[1] > 0}
-        from synthgen.models.hu import hu_to_model
 
         fallback = {"outside": -1000.0, "body": 0.0, "lung": -850.0, "airway": -950.0, "bone": 500.0}
         by_channel = []

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from synthgen.models.hu import hu_to_model
+from synthgen.vocab import Vocabulary
 
 #: Output classes after background: each a vocabulary name or group.
 ORGANS = ("liver", "spleen", "kidney", "heart", "aorta")
@@ -31,7 +32,6 @@ def build_segmenter(cfg: SegmenterConfig) -> torch.nn.Module:
 
 def organ_targets(labels_default_ids: np.ndarray) -> np.ndarray:
     """Default-vocabulary label ids -> segmenter class indices (0 background, k = ORGANS[k-1])."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     v = Vocabulary.default()
     lut = np.zeros(max(256, int(labels_default_ids.max()) + 1), dtype=np.int64)

@@ -27,14 +27,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthgen import __version__
+from synthgen._assets import asset_path
+from synthgen._version import __version__
+from synthgen.anatomy.ops import bounding_box
+from synthgen.config import load_config, save_config
 from synthgen.errors import InputError
+from synthgen.fidelity import check
+from synthgen.files.atomic import atomic_dir
+from synthgen.lesions.appearance import correlated_noise, estimate_noise
+from synthgen.lesions.spec import organ_family
+from synthgen.library import MAX_SIZE, label_map_for
+from synthgen.memory import format_gib, memory_shortfall
 from synthgen.models.checkpoint import file_hash, load_module, save_module
 from synthgen.models.conditioning import Prior, channel_index
 from synthgen.models.hu import hu_to_model, model_to_hu
 from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, build_controlnet, build_unet, build_vae
+from synthgen.models.sampling import SCHEDULERS, sample_latent
+from synthgen.models.segmenter import SegmenterConfig, build_segmenter
 from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
-from synthgen.pipelines.sampling import SCHEDULERS, sample_latent
+from synthgen.text.prompt import PromptSpec, parse_prompt
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume, as_spacing_mm
 
 DEFAULT_WEIGHTS = "weights/ct-cpu"
@@ -47,7 +59,7 @@ SPACING_RANGE_MM = (0.1, 20.0)
 #: Classifier-free guidance scales accepted (0: unconditional on the prompt, 1: none).
 GUIDANCE_RANGE = (0.0, 30.0)
 #: The library's label maps are cut from a torso box of about 380 x 300 x 340 mm, built at the
-#: requested spacing with ~20 bytes per voxel (`synthgen.anatomy.library`).
+#: requested spacing with ~20 bytes per voxel (`synthgen.library`).
 LIBRARY_BOX_MM3 = 380.0 * 300.0 * 340.0
 LIBRARY_BYTES_PER_VOXEL = 20
 
@@ -73,14 +85,10 @@ class GenerationResult:
 
 
 def default_weights() -> Path:
-    from synthgen._assets import asset_path
-
     return asset_path(*DEFAULT_WEIGHTS.split("/"))
 
 
 def _read_yaml(path: Path, schema):
-    from synthgen.config import load_config
-
     return load_config(schema, paths=[path])
 
 
@@ -162,7 +170,6 @@ class MaskToCTPipeline:
         prior = Prior.from_mapping(json.loads(_need(folder / "prior.json").read_text()))
         seg = None
         if (folder / "segmenter" / "model.safetensors").exists():
-            from synthgen.models.segmenter import SegmenterConfig, build_segmenter
 
             seg_cfg = _read_yaml(folder / "segmenter" / "config.yaml", SegmenterConfig)
             seg = load_module(build_segmenter(seg_cfg), folder / "segmenter" / "model.safetensors").eval()
@@ -174,8 +181,6 @@ class MaskToCTPipeline:
 
     def save_pretrained(self, folder: str | os.PathLike, *, half: bool = False, overwrite: bool = False) -> Path:
         """Write the pipeline folder (``half``: weights stored as float16, loaded back as float32)."""
-        from synthgen.io.atomic import atomic_dir
-        from synthgen.models.train import _write_yaml
 
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             parts = {"vae": (self.vae, self.vae_config), "unet": (self.unet, self.unet_config),
@@ -187,7 +192,7 @@ class MaskToCTPipeline:
                     continue
                 (tmp / name).mkdir()
                 save_module(module, tmp / name / "model.safetensors", half=half)
-                _write_yaml(cfg, tmp / name / "config.yaml")
+                save_config(cfg, tmp / name / "config.yaml", overwrite=True)
             (tmp / "prior.json").write_text(self.prior.to_json())
             (tmp / "pipeline.json").write_text(json.dumps({**self.settings, "synthgen": __version__}, indent=1))
             if self.folder is not None and (self.folder / "training_thumbnails.safetensors").exists():
@@ -218,7 +223,6 @@ class MaskToCTPipeline:
 
     def check(self, ct: Volume, labels: Volume, *, phase: str | None = None) -> dict:
         """`synthgen.fidelity.check` with these weights' training thumbnails and organ segmenter."""
-        from synthgen.fidelity import check
 
         thumbs, sources = self.training_thumbnails()
         return check(ct, labels, phase=phase, training=thumbs, training_sources=sources, segmenter=self.segmenter)
@@ -233,7 +237,7 @@ class MaskToCTPipeline:
         classifier-free guidance, above 1 follows the prompt more strongly. ``seed``: an
         integer >= 0. ``spacing`` (mm, one number or three): finite, in `SPACING_RANGE_MM` and
         within these weights' training range. ``size``: 3 integers, 16 to
-        `synthgen.anatomy.library.MAX_SIZE` voxels.
+        `synthgen.library.MAX_SIZE` voxels.
         """
         if scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -248,7 +252,6 @@ class MaskToCTPipeline:
         if spacing is not None:
             self._check_spacing(spacing)
         if size is not None:
-            from synthgen.anatomy.library import MAX_SIZE
 
             try:
                 dims = tuple(size) if np.ndim(size) else (size,) * 3
@@ -258,8 +261,6 @@ class MaskToCTPipeline:
                 raise InputError(f"size must be 3 integers between 16 and {MAX_SIZE} voxels, got {size!r}")
 
     def _check_spacing(self, spacing: Any, *, what: str = "spacing") -> np.ndarray:
-        from synthgen.memory import format_gib, memory_shortfall
-
         sp = as_spacing_mm(spacing, name=what)
         lo, hi = SPACING_RANGE_MM
         if (sp < lo).any() or (sp > hi).any():
@@ -297,7 +298,6 @@ class MaskToCTPipeline:
         are exactly the label map's, whatever the VAE blurs; the model contributes the texture and
         the variation inside and across structures.
         """
-        from synthgen.text.prompt import PromptSpec, parse_prompt
 
         self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed)
         self.check_labels(labels)
@@ -356,9 +356,6 @@ class TextToCTPipeline(MaskToCTPipeline):
     def __call__(self, prompt: str, *, labels: Volume | None = None, size=(96, 96, 96), spacing: float = 4.0,
                  steps: int = 30, guidance: float = 2.0, seed: int = 0, scheduler: str = "ddim",
                  tile: int | None = None, prior_correction: bool = True, progress: bool = False) -> GenerationResult:
-        from synthgen.anatomy.library import label_map_for
-        from synthgen.text.prompt import parse_prompt
-
         built = labels is None  # size and spacing are those of the label map built here (else unused)
         self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
                           spacing=spacing if built else None, size=size if built else None)
@@ -383,7 +380,6 @@ def _with_host_noise(gen: np.ndarray, hu: np.ndarray, lab: np.ndarray, lesion: n
     little host tissue to measure, nothing added)."""
     from scipy import ndimage
 
-    from synthgen.lesions.appearance import correlated_noise, estimate_noise
 
     shell = ndimage.binary_dilation(lesion, iterations=6) & ~ndimage.binary_dilation(lesion, iterations=2)
     if not shell.any():
@@ -400,8 +396,6 @@ def _with_host_noise(gen: np.ndarray, hu: np.ndarray, lab: np.ndarray, lesion: n
 
 def _findings_missing(spec, labels: Volume) -> list[str]:
     """With a user label map the map decides what is drawn: name each prompt finding it lacks."""
-    from synthgen.anatomy.vocab import Vocabulary
-    from synthgen.lesions.spec import organ_family
 
     vocab = labels.vocab or Vocabulary.default()
     present = {vocab.name(int(i)) for i in np.unique(labels.numpy()) if int(i) in vocab}
@@ -433,7 +427,6 @@ class LesionInpaintPipeline(MaskToCTPipeline):
         the VAE returns smooth."""
         from scipy import ndimage
 
-        from synthgen.anatomy.ops import bounding_box
 
         self.check_inputs(steps=steps, guidance=1.0, scheduler=scheduler, seed=seed)
         lo, hi = SPACING_RANGE_MM
@@ -476,7 +469,6 @@ class LesionInpaintPipeline(MaskToCTPipeline):
         f = self.factor
         lat_mask = torch.from_numpy(
             ndimage.maximum_filter(g_region, size=f)[::f, ::f, ::f].astype(np.float32))[None, None].to(self.device)
-        from synthgen.text.prompt import parse_prompt
 
         spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
         z = sample_latent(self.unet, self.encoder, self.controlnet, zp=zp,

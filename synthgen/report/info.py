@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from synthgen.anatomy.ops import StructureStats, format_summary, summarize
 from synthgen.volume import Volume
 
 
@@ -50,7 +51,6 @@ def describe(volume: Volume, *, voxel: Sequence[int] | None = None) -> dict[str,
         if all(0 <= v < s for v, s in zip(ijk, volume.shape)):
             info["voxel_value"] = float(arr[tuple(ijk)])
     if volume.kind == "label":
-        from synthgen.anatomy.vocab import summarize
 
         info["structures"] = [
             {"id": s.id, "name": s.name, "voxels": s.voxels, "ml": round(s.volume_ml, 3)} for s in summarize(volume)
@@ -81,7 +81,6 @@ def format_description(info: dict[str, Any]) -> str:
         world = ", ".join(f"{c:.3f}" for c in info["voxel_world_mm"])
         lines.append(f"voxel        {tuple(info['voxel'])} -> ({world}) mm{val}")
     if "structures" in info:
-        from synthgen.anatomy.vocab import StructureStats, format_summary
 
         stats = [StructureStats(r["id"], r["name"], r["voxels"], r["ml"]) for r in info["structures"]]
         lines.append("structures")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthgen.files.atomic import atomic_path
 from synthgen.volume import Volume
 
 
@@ -45,7 +46,7 @@ def _hsv_to_rgb(h, s, v) -> np.ndarray:
     return out
 
 
-def _views(canon: Volume, center=None) -> list[tuple[np.ndarray, tuple[float, float]]]:
+def orthogonal_views(canon: Volume, center=None) -> list[tuple[np.ndarray, tuple[float, float]]]:
     """Axial, coronal, sagittal slices of a RAS-canonical volume through voxel ``center`` (default the
     middle), with their (row, col) pixel sizes in mm."""
     a = canon.numpy()
@@ -57,7 +58,7 @@ def _views(canon: Volume, center=None) -> list[tuple[np.ndarray, tuple[float, fl
     return [(axial, (sy, sx)), (coronal, (sz, sx)), (sagittal, (sz, sy))]
 
 
-def _to_square(img: np.ndarray, pix: tuple[float, float], *, nearest: bool, height: int) -> np.ndarray:
+def to_square(img: np.ndarray, pix: tuple[float, float], *, nearest: bool, height: int) -> np.ndarray:
     from PIL import Image
 
     rows, cols = img.shape[:2]
@@ -86,17 +87,17 @@ def montage(
     Structures named in ``hide`` (default: the whole-body envelope) are not coloured.
     """
     canon = ct.to_canonical()
-    views = _views(canon)
+    views = orthogonal_views(canon)
     if labels is not None:
         labels = _hide(labels, hide)
-    label_views = _views(labels.to_canonical()) if labels is not None else [None] * 3
+    label_views = orthogonal_views(labels.to_canonical()) if labels is not None else [None] * 3
     colors = label_colors(int(labels.numpy().max()) + 1 if labels is not None else 1)
     tiles = []
     for (img, pix), lab in zip(views, label_views):
-        gray = _to_square(window(img, center=center, width=width), pix, nearest=False, height=height)
+        gray = to_square(window(img, center=center, width=width), pix, nearest=False, height=height)
         rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2).astype(np.float32)
         if lab is not None:
-            ids = _to_square(lab[0].astype(np.int32), pix, nearest=True, height=height).astype(int)
+            ids = to_square(lab[0].astype(np.int32), pix, nearest=True, height=height).astype(int)
             col = colors[np.clip(ids, 0, len(colors) - 1)].astype(np.float32)
             m = (ids > 0)[..., None]
             rgb = np.where(m, (1 - alpha) * rgb + alpha * col, rgb)
@@ -119,7 +120,6 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike, *, overwrite: bool = Fals
     """Write an RGB/grey uint8 array as PNG, atomically."""
     from PIL import Image
 
-    from synthgen.io.atomic import atomic_path
 
     with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(np.asarray(rgb)).save(tmp, format="PNG")

@@ -16,6 +16,7 @@ import numpy as np
 
 from synthgen.errors import InputError
 from synthgen.lesions.spec import PHASES
+from synthgen.vocab import Vocabulary
 
 #: Region of a structure, by name prefix (the first match wins).
 _REGION_OF = (("lung", "chest"), ("heart", "chest"), ("trachea", "chest"), ("liver", "abdomen"),
@@ -86,7 +87,6 @@ def _check_record(record: Mapping[str, Any], k: int) -> Mapping[str, Any]:
 
 def _regions_present(labels_volume: Any) -> list[str]:
     """Regions of the structures present in the label map, head to pelvis."""
-    from synthgen.anatomy.vocab import Vocabulary
 
     if hasattr(labels_volume, "numpy"):
         if getattr(labels_volume, "kind", None) != "label":

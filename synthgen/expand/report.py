@@ -25,14 +25,18 @@ from urllib.parse import quote
 
 import numpy as np
 
-from synthgen.errors import InputError
+from synthgen._version import __version__
+from synthgen.errors import InputError, OverwriteError
+from synthgen.files.atomic import atomic_dir, write_text
+from synthgen.io import read_pair
+from synthgen.report.charts import bar_chart, histogram, line_chart
+from synthgen.report.lesion_preview import WINDOWS, crop_centred
+from synthgen.report.montage import label_colors, orthogonal_views, save_png, to_square, window
 
 HTML_NAME = "report.html"
 FILES_DIR = "report_files"
 #: Plan items listed in the plan table.
 PLAN_ROWS = 20
-#: Line colours of the charts: arms of the evaluation, real / synthetic in histograms.
-PALETTE = [(60, 100, 180), (230, 130, 30), (50, 160, 80), (200, 50, 60), (130, 90, 180), (120, 120, 120)]
 LESION_RGB = (255, 60, 60)
 
 _STYLE = """
@@ -78,8 +82,6 @@ def write_report(
     Raises:
         InputError: malformed inputs, a missing file, or an existing report without ``overwrite``.
     """
-    from synthgen.errors import OverwriteError
-    from synthgen.io.atomic import atomic_dir, write_text
 
     drr = _check_inputs(title, summary, manifest, root, evaluation, drr_images, max_gallery)
     out = Path(out_dir)
@@ -160,8 +162,6 @@ def _slug(text: str) -> str:
 
 
 def _page(title: str, sections: list[str]) -> str:
-    from synthgen import __version__
-
     nav = " ".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in (("classes", "Classes"), ("plan", "Plan"),
                                                                ("gallery", "Gallery"), ("evaluation", "Evaluation")))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -174,9 +174,6 @@ def _page(title: str, sections: list[str]) -> str:
 
 # ------------------------------------------------------------------ 1. classes
 def _classes_section(summary: dict | None, manifest: list[dict] | None, files: Path) -> str:
-    from synthgen.expand.analysis import bar_chart
-    from synthgen.report.montage import save_png
-
     out = ['<h2 id="classes">Classes before / after</h2>']
     if summary is None:
         return "\n".join(out + [_skip("No expansion summary (synthgen_expand.json) given; section skipped.")])
@@ -223,8 +220,6 @@ def _synthetic_diameters(name: str, summary: dict, manifest: list[dict] | None) 
 
 
 def _diameter_figures(classes, rare, summary, manifest, files: Path) -> list[str]:
-    from synthgen.report.montage import save_png
-
     out = []
     if summary["before"].get("task") != "seg":
         return [_skip("Classification dataset: no lesion sizes to compare.")]
@@ -274,8 +269,6 @@ def _plan_section(summary: dict | None) -> str:
 
 # ------------------------------------------------------------------ 3. gallery
 def _gallery_section(manifest, root, summary, drr: list[Path], max_gallery: int, files: Path) -> str:
-    from synthgen.report.montage import save_png
-
     out = ['<h2 id="gallery">Gallery</h2>']
     if manifest is None:
         out.append(_skip("No manifest (synthetic_manifest.jsonl) given; no synthetic cases shown."))
@@ -344,9 +337,6 @@ def case_montage(line: dict, root: str | Path | None, *, label_value: int | None
                  height: int = 220) -> np.ndarray:
     """RGB uint8 montage of one manifest line: axial | coronal | sagittal through the lesion centre, whole
     slices (top row) over a field of view four lesion diameters wide (bottom row); labels outlined."""
-    from synthgen.io import read_pair
-    from synthgen.report.lesion_preview import WINDOWS
-    from synthgen.report.montage import _views, label_colors
 
     o = line.get("outputs") or {}
     les = line.get("lesion") or {}
@@ -360,9 +350,9 @@ def case_montage(line: dict, root: str | Path | None, *, label_value: int | None
         label_value = int(clab.numpy()[tuple(centre)])
     win = WINDOWS["lung" if str(les.get("organ", "")).startswith("lung") else "default"]
     diameter = float(les.get("diameter_mm") or (line.get("parameters") or {}).get("diameter_mm") or 20.0)
-    views = list(zip(_views(cct, centre), _views(clab, centre)))
+    views = list(zip(orthogonal_views(cct, centre), orthogonal_views(clab, centre)))
     n = np.asarray(cct.shape) - 1
-    # the centre's (row, col) in each view, after the display flips of `_views`
+    # the centre's (row, col) in each view, after the display flips of `orthogonal_views`
     rcs = [(n[1] - centre[1], n[0] - centre[0]), (n[2] - centre[2], n[0] - centre[0]),
            (n[2] - centre[2], n[1] - centre[1])]
     colors = label_colors(int(clab.numpy().max()) + 1)
@@ -377,16 +367,14 @@ def case_montage(line: dict, root: str | Path | None, *, label_value: int | None
 def _tile_row(views, crops, win, colors, highlight: int, height: int) -> np.ndarray:
     """One row of tiles: each view windowed, resampled to square pixels, labels outlined; ``crops`` gives
     per view ((row, col) centre, (row, col) half-size in pixels) or None for whole slices."""
-    from synthgen.report.lesion_preview import _crop
-    from synthgen.report.montage import _to_square, window
 
     tiles = []
     for k, ((img, pix), (ids, _)) in enumerate(views):
         if crops is not None:
-            img, ids = (_crop(a, *crops[k]) for a in (img, ids))
-        gray = _to_square(window(img, center=win[0], width=win[1]), pix, nearest=False, height=height)
+            img, ids = (crop_centred(a, *crops[k]) for a in (img, ids))
+        gray = to_square(window(img, center=win[0], width=win[1]), pix, nearest=False, height=height)
         rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
-        sq = _to_square(ids.astype(np.int32), pix, nearest=True, height=height).astype(np.int64)
+        sq = to_square(ids.astype(np.int32), pix, nearest=True, height=height).astype(np.int64)
         tiles += [outline_rgb(rgb, sq, colors=colors, highlight=highlight), np.full((height, 3, 3), 255, np.uint8)]
     return np.concatenate(tiles[:-1], axis=1)
 
@@ -456,8 +444,6 @@ def _deltas(ev: dict, rare: set[str]) -> str:
 
 
 def _curves(ev: dict, files: Path) -> list[str]:
-    from synthgen.report.montage import save_png
-
     out = ["<h3>Validation learning curves</h3>"]
     classes = list(ev.get("rare") or []) or list(ev.get("classes") or [])[-1:]
     drawn = False
@@ -497,124 +483,3 @@ def _curve_key(point: dict, cls: str) -> str | None:
         if isinstance(v, dict) and isinstance(v.get(cls), (int, float)) and np.isfinite(v[cls]) and "step" in point:
             return k
     return None
-
-
-# ------------------------------------------------------------------ charts (Pillow)
-def _font(size: int):
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi] (about ``n`` of them)."""
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** np.floor(np.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = np.floor(lo / step) * step
-    return [round(float(v), 10) for v in np.arange(start, hi + step * 0.999, step)]
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
-
-
-class _Axes:
-    """A plot area on a Pillow image: data -> pixel mapping, frame, grid, ticks, labels, legend."""
-
-    def __init__(self, size, xr, yr, *, title: str, xlabel: str, ylabel: str, right: int = 20, yticks=None):
-        from PIL import Image, ImageDraw
-
-        self.img = Image.new("RGB", size, "white")
-        self.draw = ImageDraw.Draw(self.img)
-        self.font, self.small = _font(15), _font(12)
-        self.box = (70, 40, size[0] - right, size[1] - 55)  # left, top, right, bottom
-        self.xt, self.yt = _nice_ticks(*xr), yticks or _nice_ticks(*yr)
-        self.xr, self.yr = (self.xt[0], self.xt[-1]), (self.yt[0], self.yt[-1])
-        l, t, r, b = self.box
-        d = self.draw
-        d.text((l, 10), title, fill="black", font=self.font)
-        for v in self.yt:
-            y = self.py(v)
-            d.line([l, y, r, y], fill=(225, 225, 225))
-            d.text((l - 6, y), _fmt(v), fill="black", font=self.small, anchor="rm")
-        for v in self.xt:
-            x = self.px(v)
-            d.line([x, b, x, b + 5], fill="black")
-            d.text((x, b + 8), _fmt(v), fill="black", font=self.small, anchor="mt")
-        d.rectangle([l, t, r, b], outline="black")
-        d.text(((l + r) / 2, b + 30), xlabel, fill="black", font=self.small, anchor="mt")
-        d.text((8, t - 18), ylabel, fill="black", font=self.small)
-
-    def px(self, x: float) -> float:
-        l, _, r, _ = self.box
-        return l + (x - self.xr[0]) / ((self.xr[1] - self.xr[0]) or 1) * (r - l)
-
-    def py(self, y: float) -> float:
-        _, t, _, b = self.box
-        return b - (y - self.yr[0]) / ((self.yr[1] - self.yr[0]) or 1) * (b - t)
-
-    def legend(self, entries: list[tuple[str, tuple[int, int, int]]], *, x: int, y: int) -> None:
-        for k, (text, col) in enumerate(entries):
-            yy = y + 20 * k
-            self.draw.rectangle([x, yy + 3, x + 14, yy + 13], fill=col)
-            self.draw.text((x + 20, yy), text, fill="black", font=self.small)
-
-    def array(self) -> np.ndarray:
-        return np.asarray(self.img)
-
-
-def histogram(groups: dict[str, Sequence[float]], *, title: str, xlabel: str, size=(640, 340)) -> np.ndarray:
-    """RGB uint8 histogram of several groups on shared bins, bars side by side within each bin."""
-    values = [float(v) for g in groups.values() for v in g]
-    lo, hi = min(values), max(values)
-    span = max(hi - lo, 10.0, 0.5 * hi)  # a few similar sizes still get a readable axis
-    mid = (lo + hi) / 2
-    lo, hi = max(0.0, mid - 0.55 * span), mid + 0.55 * span
-    edges = np.asarray(_nice_ticks(lo, hi, n=10))
-    counts = {k: np.histogram(v, bins=edges)[0] for k, v in groups.items()}
-    top = max(1, max(int(c.max()) for c in counts.values()))
-    step = max(1, int(np.ceil(top / 5)))
-    ax = _Axes(size, (edges[0], edges[-1]), (0, top), title=title, xlabel=xlabel, ylabel="lesions", right=190,
-               yticks=list(range(0, top + step, step)))
-    n = len(groups)
-    for g, (k, c) in enumerate(counts.items()):
-        col = PALETTE[g % len(PALETTE)]
-        for b, cnt in enumerate(c):
-            if cnt:
-                x0, x1 = ax.px(edges[b]), ax.px(edges[b + 1])
-                w = (x1 - x0 - 2) / n
-                ax.draw.rectangle([x0 + 1 + g * w, ax.py(cnt), x0 + 1 + (g + 1) * w - 1, ax.py(0)], fill=col)
-    ax.legend([(k, PALETTE[g % len(PALETTE)]) for g, k in enumerate(groups)], x=ax.box[2] + 12, y=ax.box[1])
-    return ax.array()
-
-
-def line_chart(series: dict[str, list[list[tuple[float, float]]]], *, title: str, xlabel: str, ylabel: str,
-               size=(720, 380)) -> np.ndarray:
-    """RGB uint8 line chart: per key (an arm) thin lines (one per run) and a thick line, their mean at
-    the steps every run has."""
-    xs = [x for runs in series.values() for pts in runs for x, _ in pts]
-    ys = [y for runs in series.values() for pts in runs for _, y in pts]
-    hi = max(ys) * 1.05 or 1.0
-    if 0 <= min(ys) and max(ys) <= 1:  # a score: keep the axis within [0, 1]
-        hi = min(hi, 1.0)
-    ax = _Axes(size, (min(0.0, min(xs)), max(xs)), (min(0.0, min(ys)), hi), title=title,
-               xlabel=xlabel, ylabel=ylabel, right=170)
-    legend = []
-    for k, (arm, runs) in enumerate(series.items()):
-        col = PALETTE[k % len(PALETTE)]
-        pale = tuple(int(c + (255 - c) * 0.55) for c in col)
-        for pts in runs:
-            if len(pts) > 1:
-                ax.draw.line([(ax.px(x), ax.py(y)) for x, y in sorted(pts)], fill=pale, width=1)
-        common = sorted(set.intersection(*({x for x, _ in pts} for pts in runs)))
-        mean = [(x, float(np.mean([dict(pts)[x] for pts in runs]))) for x in common]
-        if len(mean) > 1:
-            ax.draw.line([(ax.px(x), ax.py(y)) for x, y in mean], fill=col, width=3, joint="curve")
-        for x, y in mean:
-            ax.draw.ellipse([ax.px(x) - 3, ax.py(y) - 3, ax.px(x) + 3, ax.py(y) + 3], fill=col)
-        legend.append((f"{arm} ({len(runs)} seeds)", col))
-    ax.legend(legend, x=ax.box[2] + 12, y=ax.box[1])
-    return ax.array()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from synthgen.errors import OverwriteError
+from synthgen.files.safepath import check_parent
 
 
 def _umask() -> int:
@@ -28,7 +29,6 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
 
     Creates nothing: the writers (`atomic_path`) make the parent folder when they write.
     """
-    from synthgen.io.safepath import check_parent
 
     p = check_parent(path)
     if p.is_dir():
@@ -62,13 +62,18 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in d.iterdir():
         if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and not entry.is_symlink():
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+            remove_entry(entry)
             removed.append(entry)
     return removed
+
+
+def remove_entry(entry: Path) -> None:
+    """Remove a file or a folder tree, quietly if it is already gone."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
 
 
 @contextlib.contextmanager
@@ -105,7 +110,6 @@ def atomic_dir(
     old entries it accepts are removed and the new files are moved in one by one:
     the user's other files and sub-folders stay as they were.
     """
-    from synthgen.io.safepath import check_parent
 
     p = check_parent(path)
     if p.exists() and not p.is_dir():

@@ -19,8 +19,12 @@ import functools
 
 import numpy as np
 
-from synthgen.anatomy.vocab import Vocabulary
+from synthgen.anatomy.deform import random_deformation
+from synthgen.anatomy.ops import body_mask, bounding_box, organ_mask, to_default_ids
+from synthgen.data import example_ct, example_dir_or_none, phantom
 from synthgen.errors import InputError
+from synthgen.lesions.insert import insert_lesions
+from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume, as_spacing_mm
 
 #: Structures whose joint bounding box is each region's centre.
@@ -38,8 +42,6 @@ class BuiltLabelMap:
 
 @functools.lru_cache(maxsize=1)
 def _example_entry():
-    from synthgen.data import example_ct
-
     return example_ct()
 
 
@@ -47,7 +49,6 @@ def _entry(source: str, spacing: float, seed: int):
     if source == "example":
         ct, labels = _example_entry()
         return ct.resample(spacing), labels.resample(spacing)
-    from synthgen.data import phantom
 
     shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
     return phantom(shape=shape, spacing=[spacing] * 3, seed=seed)
@@ -64,7 +65,6 @@ def _pick_source(spec, source: str) -> str:
                          "pass your own label map with --labels")
     if "pelvis" in spec.regions:
         return "phantom"
-    from synthgen.data import example_dir_or_none
 
     return "phantom" if example_dir_or_none(instead="using the procedural phantom's anatomy") is None else "example"
 
@@ -72,10 +72,6 @@ def _pick_source(spec, source: str) -> str:
 def label_map_for(spec, *, size=(96, 96, 96), spacing: float = 4.0, seed: int = 0, source: str = "auto",
                   deform_scale: float = 0.03) -> BuiltLabelMap:
     """A label map (default vocabulary, ``body`` = 200) realising ``spec`` at ``size`` x ``spacing``."""
-    from synthgen.anatomy.deform import random_deformation
-    from synthgen.anatomy.ops import body_mask
-    from synthgen.lesions.insert import insert_lesions
-    from synthgen.models.trainset import to_default_ids
 
     size = _check_size(size)
     sp = as_spacing_mm(spacing, name="spacing")
@@ -109,7 +105,6 @@ def _check_size(size) -> tuple[int, int, int]:
 
 def _region_centre(labels: Volume, regions, records) -> np.ndarray:
     """Voxel centre of the crop: the named regions' structures, else the chest."""
-    from synthgen.anatomy.ops import bounding_box, organ_mask
 
     names = [n for r in (regions or ("chest",)) for n in REGION_STRUCTURES.get(r, ())]
     mask = np.zeros(labels.shape, bool)

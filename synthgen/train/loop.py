@@ -31,10 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthgen.errors import InputError
+from synthgen.config import save_config
+from synthgen.errors import InputError, did_you_mean
+from synthgen.fidelity import thumbnail
 from synthgen.models.checkpoint import load_module, load_optimizer, save_module, save_optimizer, state_hash
 from synthgen.models.conditioning import Prior, channel_index, one_hot
-from synthgen.models.hu import hu_to_model
+from synthgen.models.hu import hu_to_model, model_to_hu
 from synthgen.models.networks import (
     DiffusionConfig,
     UNetConfig,
@@ -44,9 +46,14 @@ from synthgen.models.networks import (
     build_vae,
     init_controlnet_from_unet,
 )
+from synthgen.models.sampling import sample_latent
 from synthgen.models.segmenter import SegmenterConfig, build_segmenter, organ_targets
 from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
-from synthgen.models.trainset import DataConfig, Sample, build_cache
+from synthgen.report.montage import save_png, window
+from synthgen.text.prompt import parse_prompt
+from synthgen.train.data import DataConfig, Sample, build_cache
+from synthgen.vocab import Vocabulary
+from synthgen.volume import Volume
 
 STAGES = ("vae", "ldm", "controlnet", "segmenter")
 #: Air (-1024 HU) in model units: the padding of crops and volumes.
@@ -178,14 +185,6 @@ def _pad_to(a: np.ndarray, shape, value) -> np.ndarray:
     return np.pad(a, pad, constant_values=value) if any(p[1] for p in pad) else a
 
 
-def _write_yaml(obj: Any, path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from synthgen.io.atomic import write_text
-
-    write_text(path, OmegaConf.to_yaml(OmegaConf.structured(obj)), overwrite=True)
-
-
 def _checkpoints(run: Path, stage: str) -> list[Path]:
     d = run / "checkpoints" / stage
     return sorted(p for p in d.glob("step_*") if (p / "state.json").exists()) if d.exists() else []
@@ -214,7 +213,6 @@ def _clone_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def _preview_png(rows: list[list[np.ndarray]], path: Path) -> None:
     """Grid of mid-axial slices (HU), soft-tissue window, one row per item."""
-    from synthgen.report.montage import save_png, window
 
     tiles = [np.concatenate([window(a, center=40, width=600) for a in row], axis=1) for row in rows]
     w = max(t.shape[1] for t in tiles)
@@ -332,7 +330,7 @@ class Trainer:
         d = self.run / component
         d.mkdir(parents=True, exist_ok=True)
         save_module(module, d / "model.safetensors")
-        _write_yaml(config, d / "config.yaml")
+        save_config(config, d / "config.yaml", overwrite=True)
         (d / "train_info.json").write_text(json.dumps(info, indent=1))
 
     def _info(self, res: dict) -> dict:
@@ -367,8 +365,6 @@ class Trainer:
         fixed = samples[0]
 
         def preview(holder, path):
-            from synthgen.models.hu import model_to_hu
-
             f = cfg.vae.downsample
             x = _pad_to(hu_to_model(fixed.hu), [math.ceil(n / f) * f for n in fixed.hu.shape], _AIR)
             rec = holder["model"].reconstruct(torch.from_numpy(x)[None, None].to(self.device))[0, 0].cpu().numpy()
@@ -377,7 +373,7 @@ class Trainer:
         res = self._loop("vae", vae, vae.parameters(), loss_fn, preview, resume=resume)
         self._export("vae", res["final"]["model"], cfg.vae, self._info(res))
         if self.dist.main:
-            _write_yaml(cfg, self.run / "train_config.yaml")
+            save_config(cfg, self.run / "train_config.yaml", overwrite=True)
         return res
 
     # -- latents shared by the diffusion stages ------------------------------
@@ -406,9 +402,6 @@ class Trainer:
         f = self.cfg.vae.downsample
         m = f * 2 ** (len(self.cfg.unet.channels) - 1)  # whole volumes must pass the UNet too
         out = []
-        from synthgen.anatomy.vocab import Vocabulary
-        from synthgen.text.prompt import parse_prompt
-        from synthgen.volume import Volume
 
         for s in samples:
             shape = [math.ceil(n / m) * m for n in s.hu.shape]
@@ -433,7 +426,6 @@ class Trainer:
         if self.dist.main and not thumbs.exists():
             from safetensors.numpy import save_file
 
-            from synthgen.fidelity import thumbnail
 
             save_file({"thumbnails": np.stack([thumbnail(s.hu, s.labels) for s in samples]).astype(np.float16)},
                       str(thumbs), metadata={"sources": json.dumps([s.source for s in samples])})
@@ -552,9 +544,6 @@ class Trainer:
         """Preview: the first training variant regenerated from its label map and caption
         (20 DDIM steps), beside the real image and the prior."""
         def preview(holder, path):
-            from synthgen.models.hu import model_to_hu
-            from synthgen.pipelines.sampling import sample_latent
-
             lat = self.latents()
             it, s = lat["items"][0], self.samples()[0]
             if controlnet:
@@ -610,7 +599,6 @@ def train_segmenter_stage(t: Trainer, *, resume: bool = False) -> dict:
 def train(stage: str, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False,
           progress: bool = True) -> dict:
     if stage not in STAGES:
-        from synthgen.errors import did_you_mean
 
         raise InputError(f"unknown training stage {stage!r}{did_you_mean(stage, STAGES)}; stages: {', '.join(STAGES)}")
     t = Trainer(cfg, run, progress=progress)

@@ -15,7 +15,7 @@ Id 0 is background and never a class. A name that is both a class and a group
 (``kidney_cyst``) means the class for `Vocabulary.id` and the whole group for
 `Vocabulary.ids`; such a group must contain its namesake class.
 
-`summarize` counts voxels and millilitres per structure of a label `Volume`.
+Per-structure sizes of a label map are `synthgen.anatomy.ops.summarize`.
 """
 
 from __future__ import annotations
@@ -29,17 +29,15 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from synthgen._assets import asset_path
 from synthgen.errors import InputError, did_you_mean
+from synthgen.files.atomic import write_text
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from synthgen.volume import Volume
-
-__all__ = ["Vocabulary", "StructureStats", "summarize", "format_summary"]
+__all__ = ["Vocabulary"]
 
 #: Column names accepted in a CSV vocabulary (compared case-insensitively).
 ID_COLUMNS = ("id",)
@@ -260,7 +258,6 @@ class Vocabulary:
     # -------------------------------------------------------------- output
     def to_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``{"labels": {"background": 0, name: id, ...}, "groups": {...}}`` (readable by `from_file`)."""
-        from synthgen.io.atomic import write_text
 
         labels: dict[str, int] = {"background": 0}
         labels.update({name: i for i, name in self.classes.items()})
@@ -422,76 +419,3 @@ def _default_vocabulary() -> Vocabulary:
 
 
 # ---------------------------------------------------------------- summary
-@dataclasses.dataclass(frozen=True)
-class StructureStats:
-    """Size of one structure in a label map."""
-
-    id: int
-    name: str
-    voxels: int
-    volume_ml: float
-
-
-def summarize(labels: Volume, vocab: Vocabulary | None = None) -> list[StructureStats]:
-    """Voxel count and volume (ml) of every non-background label in ``labels``, sorted by id.
-
-    Names come from ``vocab``, else ``labels.vocab``, else `Vocabulary.default`;
-    ids without a name are reported as ``label_<id>``. Raises `InputError` for an
-    intensity volume or one holding negative or non-integer values.
-    """
-    if getattr(labels, "kind", None) != "label":
-        raise InputError(
-            f"summarize needs a label map (a Volume with kind='label'), got kind={getattr(labels, 'kind', None)!r}"
-        )
-    vocab = vocab or labels.vocab or Vocabulary.default()
-    counts = _label_counts(labels.numpy())
-    voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
-    return [
-        StructureStats(id=int(i), name=vocab.name(int(i)), voxels=int(n), volume_ml=float(n) * voxel_ml)
-        for i, n in counts.items()
-        if i != 0
-    ]
-
-
-def _label_counts(arr: np.ndarray) -> dict[int, int]:
-    """``{id: voxels}`` for every id present; chunked so memory stays bounded on big maps."""
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    elif arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise InputError("label map must hold integer ids, got non-integer (or NaN) values")
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"label map must hold integer ids, got dtype {arr.dtype}")
-    if arr.size == 0:
-        return {}
-    lo, hi = arr.min(), arr.max()
-    if lo < 0:
-        raise InputError(f"label map must hold non-negative ids, got minimum {lo}")
-    flat = arr.reshape(-1)
-    if hi > 1_000_000:  # sparse huge ids: bincount would allocate too much
-        u, n = np.unique(flat, return_counts=True)
-        return {int(a): int(b) for a, b in zip(u, n)}
-    total = np.zeros(int(hi) + 1, dtype=np.int64)
-    step = 1 << 23
-    for s in range(0, flat.size, step):
-        chunk = flat[s : s + step]
-        total += np.bincount(chunk.astype(np.intp, copy=False), minlength=total.size)
-    return {int(i): int(total[i]) for i in np.flatnonzero(total)}
-
-
-def format_summary(stats: Iterable[StructureStats]) -> str:
-    """An aligned text table (id, name, voxels, ml) of `summarize`'s result."""
-    rows = list(stats)
-    if not rows:
-        return "no labelled structures (the label map is all background)"
-    head = ("id", "name", "voxels", "ml")
-    body = [(str(s.id), s.name, f"{s.voxels:,}", f"{s.volume_ml:.2f}") for s in rows]
-    w = [max(len(r[c]) for r in [head, *body]) for c in range(4)]
-
-    def line(r: tuple[str, str, str, str]) -> str:
-        return f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}"
-
-    total_ml = sum(s.volume_ml for s in rows)
-    out = [line(head), line(tuple("-" * x for x in w)), *map(line, body)]  # type: ignore[arg-type]
-    out.append(f"{len(rows)} structures, {total_ml:.2f} ml labelled")
-    return "\n".join(out)

@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from synthgen.config import save_config
+from synthgen.files.atomic import check_writable
+from synthgen.files.safepath import safe_name
+from synthgen.io import write
+from synthgen.io.record import write_record
+from synthgen.report.montage import montage, save_png
 from synthgen.volume import Volume
 
 
@@ -33,16 +39,10 @@ def write_case(
     """Write ``<stem>_ct<ext>``, ``<stem>_labels<ext>``, ``<stem>.json``, ``<stem>.png`` and
     ``<stem>_config.yaml``: every file is named after the case, so cases with other stems share a folder.
 
-    ``stem`` must be a safe file name (`synthgen.io.safepath.safe_name`). Every path is
+    ``stem`` must be a safe file name (`synthgen.files.safepath.safe_name`). Every path is
     checked before anything is written, so a refused overwrite leaves the folder as it
     was. Returns the written paths by role.
     """
-    from synthgen.config import save_config
-    from synthgen.io import write
-    from synthgen.io.atomic import check_writable
-    from synthgen.io.record import write_record
-    from synthgen.io.safepath import safe_name
-    from synthgen.report.montage import montage, save_png
 
     safe_name(stem, what="file name stem")
     out = Path(out_dir)

@@ -23,8 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen.anatomy.vocab import Vocabulary
+from synthgen.anatomy.deform import random_deformation
+from synthgen.anatomy.ops import body_mask, to_default_ids
+from synthgen.data import example_ct, phantom
 from synthgen.errors import InputError
+from synthgen.files.atomic import atomic_path
+from synthgen.io import read_pair
+from synthgen.lesions.insert import insert_lesions
+from synthgen.lesions.spec import LesionSpec
+from synthgen.text.captions import caption
+from synthgen.vocab import Vocabulary
 
 #: Lesions drawn for the example variants: (type, organ, diameter range mm).
 _LESION_MENU = (
@@ -55,8 +63,6 @@ class Sample:
     source: str
 
     def save(self, path: Path) -> None:
-        from synthgen.io.atomic import atomic_path
-
         with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, hu=self.hu, labels=self.labels, spacing=self.spacing,
                                 meta=np.array(json.dumps({"caption": self.caption, "lesions": self.lesions,
@@ -70,28 +76,8 @@ class Sample:
                        lesions=meta["lesions"], source=meta["source"])
 
 
-def to_default_ids(labels) -> np.ndarray:
-    """Label `Volume` -> uint8 ids of the default vocabulary by name (unknown names: body)."""
-    default = Vocabulary.default()
-    arr = np.asarray(labels.numpy())
-    vocab = labels.vocab or default
-    ids = np.unique(arr)
-    lut = np.zeros(int(ids.max()) + 1, dtype=np.uint8)
-    for i in ids:
-        i = int(i)
-        if i == 0:
-            continue
-        name = vocab.name(i) if i in vocab else "body"
-        lut[i] = default.id(name) if name in default else default.id("body")
-    return lut[arr]
-
-
 def _finish(ct, labels, *, spacing: float, rng: np.random.Generator, deform_scale: float,
             lesions: list[dict], source: str, phase: str | None) -> Sample:
-    from synthgen.anatomy.deform import random_deformation
-    from synthgen.anatomy.ops import body_mask
-    from synthgen.text.captions import caption
-
     ct = ct.resample(spacing)
     labels = labels.resample_to(ct) if hasattr(labels, "resample_to") else labels.resample(spacing)
     if deform_scale > 0:
@@ -107,9 +93,6 @@ def _finish(ct, labels, *, spacing: float, rng: np.random.Generator, deform_scal
 
 
 def _with_lesions(ct, labels, rng: np.random.Generator, n: int, *, seed: int):
-    from synthgen.lesions.insert import insert_lesions
-    from synthgen.lesions.spec import LesionSpec
-
     records: list[dict] = []
     for k in range(n):
         ltype, organ, (lo, hi) = _LESION_MENU[int(rng.integers(len(_LESION_MENU)))]
@@ -156,7 +139,6 @@ def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> l
         spacing = float(rng.choice(cfg.spacings))
         if src == "example":
             if example is None:
-                from synthgen.data import example_ct
 
                 example = example_ct()
             ct, labels = example
@@ -165,14 +147,12 @@ def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> l
             sample = _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
                              lesions=records, source=f"example#{i}", phase="arterial")
         elif src == "phantom":
-            from synthgen.data import phantom
 
             shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
             ct, labels = phantom(shape=shape, spacing=[spacing] * 3, seed=cfg.seed * 1000 + i)
             sample = _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=0.0, lesions=[],
                              source=f"phantom#{i}", phase="portal_venous")
         else:
-            from synthgen.io import read_pair
 
             img, lab = _folder_pairs(src.split(":", 1)[1])[i]
             ct, labels = read_pair(img, lab)
