@@ -93,14 +93,14 @@ def case_decode(args, tiled: bool) -> dict:
 
 def _ldm_config(args):
     from synthgen.config import load_config
-    from synthgen.train.loop import TrainConfig
+    from synthgen.train import TrainConfig
 
     return load_config(TrainConfig, paths=[args.config], overrides=[f"threads={args.threads}"])
 
 
 def case_train_synthgen(args) -> dict:
     """Steps of the real LDM stage on a run folder prepared by the parent (cache + VAE)."""
-    from synthgen.train.loop import train
+    from synthgen.train import train
 
     cfg = _ldm_config(args)
     cfg.ldm_stage.steps = args.train_steps + 3

@@ -7,10 +7,10 @@ stderr and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 from synthgen._version import __version__
 from synthgen.errors import InputError
@@ -57,46 +57,24 @@ def _vocab(path: str | None):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from synthgen.files.atomic import check_writable
-    from synthgen.io import format_for_output, read, write
-    from synthgen.io.record import make_record, write_record
-    from synthgen.outputs import sidecar_path
+    from synthgen.io.record import Record
+    from synthgen.outputs import convert
 
-    src, dst = Path(args.input), Path(args.output)
-    if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not args.overwrite:
-        raise InputError(f"{dst}: output is the input; refusing to overwrite it (pass --overwrite)")
-    fmt = format_for_output(dst, args.format)
-    if fmt != "dicom":  # a series folder is checked by its own writer (only its own files are replaced)
-        check_writable(dst, overwrite=args.overwrite)
-    vol = read(src, kind="label" if args.as_labels else None, allow_one_slice=True, progress=args.progress)
-    record_path = sidecar_path(dst)
-    if record_path.exists() and not args.overwrite:
-        raise InputError(f"{record_path}: already exists; refusing to overwrite it (pass --overwrite)")
-    out = write(vol, dst, format=fmt, overwrite=args.overwrite, progress=args.progress)
-    record = make_record(
-        "synthgen.convert",
-        parameters={"format": fmt, "kind": vol.kind},
-        inputs=[src],
-        outputs=[out],
-        synthetic=vol.synthetic,
-    )
-    write_record(record, record_path, overwrite=args.overwrite)
-    print(f"wrote {out} ({fmt}) and {record_path.name}")
+    out, record_path = convert(args.input, args.output, format=args.format, as_labels=args.as_labels,
+                               overwrite=args.overwrite, progress=args.progress)
+    print(f"wrote {out} ({Record.read(record_path).parameters['format']}) and {record_path.name}")
     return 0
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
-    from synthgen.data import PhantomConfig, phantom
+    from synthgen.data import PhantomConfig
     from synthgen.files.safepath import safe_name
-    from synthgen.io.record import make_record
-    from synthgen.outputs import write_case
+    from synthgen.generate.phantom import run
 
     safe_name(args.name, what="--name")
     cfg = load_config(PhantomConfig, paths=args.config, overrides=args.overrides)
-    ct, labels = phantom(cfg)
-    record = make_record("synthgen.phantom", parameters={**ct.meta}, seed=cfg.seed)
-    paths = write_case(args.out, args.name, ct=ct, labels=labels, record=record, config=cfg, overwrite=args.overwrite)
+    paths = run(cfg, args.out, name=args.name, overwrite=args.overwrite)
     for role, p in paths.items():
         print(f"{role:8s} {p}")
     return 0
@@ -176,7 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
-    from synthgen.train.loop import TrainConfig, train
+    from synthgen.train import TrainConfig, train
 
     if args.stage == "export":
         from synthgen.pipelines.latent_ct import MaskToCTPipeline
@@ -202,85 +180,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthgen.fidelity import format_check
     from synthgen.files.safepath import safe_name
-    from synthgen.pipelines.latent_ct import TextToCTPipeline
+    from synthgen.generate.job import GenerateConfig, run
+    from synthgen.io.record import Record
 
-    safe_name(args.stem, what="--stem")
+    if args.stem is not None:
+        safe_name(args.stem, what="--stem")
+    cfg = GenerateConfig(**_given(args, GenerateConfig))
     labels = None
     if args.labels:
         from synthgen.io import as_label_map, read
 
         labels = as_label_map(read(args.labels, kind="label"), name=args.labels)
-        if args.spacing_given:
-            labels = labels.resample(args.spacing)
-    pipe = TextToCTPipeline.from_pretrained(args.weights)
-    res = pipe(args.prompt, labels=labels, size=tuple(args.size), spacing=args.spacing, steps=args.steps,
-               guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, progress=args.progress)
-    for w in res.record.get("warnings", []):
+        if args.spacing is not None:  # the label map keeps its grid unless --spacing is given
+            labels = labels.resample(cfg.spacing)
+    paths = run(cfg, args.out, labels=labels, inputs=[args.labels] if args.labels else [],
+                overwrite=args.overwrite, progress=args.progress)
+    record = Record.read(paths["record"])
+    for w in record.details.get("warnings", []):
         print(f"prompt: {w}", file=sys.stderr)
-    paths = _write_generated(args, res)
-    if args.check:
-        paths.update(_run_check(res.ct, res.labels, pipe, phase=(res.record.get("spec") or {}).get("phase"),
-                                out=Path(args.out) / f"{args.stem}_check.json", overwrite=args.overwrite))
-    print(f"generated {res.ct.shape[0]}x{res.ct.shape[1]}x{res.ct.shape[2]} at "
-          f"{' x '.join(f'{s:g}' for s in res.ct.spacing)} mm in {res.record['seconds']:.1f} s "
-          f"({args.steps} {args.scheduler} steps, seed {args.seed})")
+    if "check" in paths:
+        print(format_check(json.loads(paths["check"].read_text(encoding="utf-8"))))
+    done = record.parameters
+    print(f"generated {'x'.join(map(str, done['shape']))} at {' x '.join(f'{s:g}' for s in done['spacing_mm'])} mm "
+          f"in {record.details['seconds']:.1f} s ({done['steps']} {done['scheduler']} steps, seed {record.seed})")
     for role, p in paths.items():
         print(f"{role:8s} {p}")
     return 0
 
 
-def _write_generated(args: argparse.Namespace, res) -> dict:
-    from synthgen.files.atomic import check_writable
-    from synthgen.io import write
-    from synthgen.outputs import write_case
-
-    out = Path(args.out)
-    if args.format == "dicom":
-        from synthgen.io.dicom_seg import write_dicom_seg
-
-        # the labels as a DICOM SEG referencing the written series, and as NIfTI for the tools that read that
-        lab_path, seg_path = out / f"{args.stem}_labels.nii.gz", out / f"{args.stem}_labels.dcm"
-        for p in (lab_path, seg_path):
-            check_writable(p, overwrite=args.overwrite)
-        paths = write_case(out, args.stem, ct=res.ct, labels=None, record=res.record, overwrite=args.overwrite,
-                           ext="")
-        write(res.labels, lab_path, overwrite=args.overwrite)
-        paths["labels"] = lab_path
-        paths["seg"] = write_dicom_seg(res.labels, seg_path, series_dir=paths["ct"], overwrite=args.overwrite)
-        from synthgen.report.montage import montage, save_png
-
-        save_png(montage(res.ct, res.labels), paths["preview"], overwrite=True)
-        return paths
-    return write_case(out, args.stem, ct=res.ct, labels=res.labels, record=res.record, overwrite=args.overwrite)
-
-
-def _run_check(ct, labels, pipe, *, phase, out: Path | None, overwrite: bool) -> dict:
-    from synthgen.fidelity import check, format_check
-    from synthgen.io.record import write_record
-
-    result = pipe.check(ct, labels, phase=phase) if pipe is not None else check(ct, labels, phase=phase)
-    print(format_check(result))
-    return {"check": write_record(result, out, overwrite=overwrite)} if out is not None else {}
+def _given(args: argparse.Namespace, schema) -> dict:
+    """The options of ``args`` named like fields of the config dataclass ``schema`` that were given
+    (their argparse default is None, so the config's own default stays in one place)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(schema)
+            if getattr(args, f.name, None) is not None}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from synthgen.fidelity import check_phase
+    from synthgen.fidelity import check, check_phase, format_check
+    from synthgen.files.atomic import check_writable
     from synthgen.io import read_pair
+    from synthgen.io.record import write_json
     from synthgen.pipelines.latent_ct import MaskToCTPipeline
 
     check_phase(args.phase)
+    if args.out:
+        check_writable(args.out, overwrite=args.overwrite)
     ct, labels = read_pair(args.ct, args.labels, progress=args.progress)
     try:  # the weights carry the training thumbnails and the organ segmenter
         pipe = MaskToCTPipeline.from_pretrained(args.weights)
     except InputError:
         if args.weights:
             raise
-        pipe = None
-    paths = _run_check(ct, labels, pipe, phase=args.phase, out=Path(args.out) if args.out else None,
-                       overwrite=args.overwrite)
-    for role, p in paths.items():
-        print(f"{role:8s} {p}")
+        pipe = None  # no shipped weights: the check without memorisation or segmenter
+    result = pipe.check(ct, labels, phase=args.phase) if pipe is not None else check(ct, labels, phase=args.phase)
+    print(format_check(result))
+    if args.out:
+        print(f"{'check':8s} {write_json(result, args.out, overwrite=args.overwrite)}")
     return 0
 
 
@@ -324,6 +281,37 @@ def _subparser_class(common: argparse.ArgumentParser):
             super().__init__(*a, **kw)
 
     return SubParser
+
+
+def _generate_config():
+    from synthgen.generate.job import GenerateConfig
+
+    return GenerateConfig
+
+
+def _config_defaults_help(schema: Callable[[], type]) -> type[argparse.HelpFormatter]:
+    """A help formatter that adds ``(default X)`` to each option left None in argparse, X being the
+    default of the field of that name in the config dataclass ``schema()``: the default lives in
+    the config alone, and ``schema`` (a job module: torch) is imported only when help is shown."""
+
+    class ConfigDefaultsHelp(argparse.HelpFormatter):
+        def _get_help_string(self, action: argparse.Action) -> str:
+            text = action.help or ""
+            field = {f.name: f for f in dataclasses.fields(schema())}.get(action.dest)
+            if field is None or action.default is not None or action.nargs == 0:
+                return text
+            if field.default is not dataclasses.MISSING:
+                value = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                value = field.default_factory()
+            else:  # a required field
+                return text
+            if value is None:
+                return text
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            return f"{text} (default {shown.replace('%', '%%')})".strip()
+
+    return ConfigDefaultsHelp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,21 +411,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. vae_stage.steps=500)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("generate", help="generate a CT + label map from a prompt (and optionally a label map)")
+    p = sub.add_parser("generate", help="generate a CT + label map from a prompt (and optionally a label map)",
+                       formatter_class=_config_defaults_help(_generate_config))
     p.add_argument("prompt", help='e.g. "chest CT, 3 cm tumour in the liver"')
     p.add_argument("--labels", metavar="L", help="your label map (skips building one from the prompt)")
-    p.add_argument("--size", type=int, nargs=3, default=[96, 96, 96], metavar=("I", "J", "K"),
-                   help="voxels of the generated volume (default 96 96 96)")
-    p.add_argument("--spacing", type=float, default=None, help="isotropic voxel size in mm (default 4)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--scheduler", default="ddim", help="ddim | dpm (DPM-Solver++, good at 10-20 steps)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="CT output format")
+    p.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"), help="voxels of the generated volume")
+    p.add_argument("--spacing", type=float,
+                   help="isotropic voxel size in mm (given with --labels: resample them to it, else they keep theirs)")
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--scheduler", help="ddim | dpm (DPM-Solver++, good at 10-20 steps); default: the weights' own")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, help="seed of the initial noise and of the label map built from the prompt")
+    p.add_argument("--format", choices=["nifti", "dicom"], help="CT output format")
     p.add_argument("--out", default="generated", help="output folder (default ./generated)")
-    p.add_argument("--stem", default="synth", help="file name stem (default synth)")
-    p.add_argument("--weights", default=None, help="pipeline folder (default: the shipped CPU weights)")
-    p.add_argument("--check", action="store_true", help="run the fidelity check on the result")
+    p.add_argument("--stem", help="file name stem")
+    p.add_argument("--weights", help="pipeline folder (default: the shipped CPU weights)")
+    p.add_argument("--check", action="store_true", default=None, help="run the fidelity check on the result")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_generate)
 
@@ -507,9 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     args.progress = not args.quiet
-    if args.command == "generate":
-        args.spacing_given = args.spacing is not None
-        args.spacing = 4.0 if args.spacing is None else args.spacing
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -69,7 +69,7 @@ def _pick_source(spec, source: str) -> str:
     return "phantom" if example_dir_or_none(instead="using the procedural phantom's anatomy") is None else "example"
 
 
-def label_map_for(spec, *, size=(96, 96, 96), spacing: float = 4.0, seed: int = 0, source: str = "auto",
+def label_map_for(spec, *, size, spacing: float, seed: int = 0, source: str = "auto",
                   deform_scale: float = 0.03) -> BuiltLabelMap:
     """A label map (default vocabulary, ``body`` = 200) realising ``spec`` at ``size`` x ``spacing``."""
 

@@ -14,10 +14,9 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from synthgen.config import load_config, save_config, shipped_path
-from synthgen.data import PhantomConfig, example_ct, example_dir, phantom
+from synthgen.data import PhantomConfig, example_ct, example_dir
 from synthgen.drr.job import DRRConfig
 from synthgen.drr.job import run as render_views
 from synthgen.errors import InputError
@@ -27,12 +26,13 @@ from synthgen.expand.job import ExpandSettings, evaluate_job, expand_job
 from synthgen.expand.xray import XRayDatasetConfig, xray_dataset
 from synthgen.files.atomic import write_text
 from synthgen.files.safepath import safe_name
+from synthgen.generate.job import GenerateConfig
+from synthgen.generate.job import run as generate_job
+from synthgen.generate.phantom import run as phantom_job
 from synthgen.io import read, read_pair
-from synthgen.io.record import make_record, write_record
+from synthgen.io.record import Record
 from synthgen.lesions.job import run as insert_lesions_job
 from synthgen.lesions.spec import load_specs
-from synthgen.outputs import write_case
-from synthgen.pipelines.latent_ct import TextToCTPipeline
 from synthgen.report.info import describe
 from synthgen.report.montage import montage, save_png
 
@@ -61,6 +61,8 @@ TaskFn = Callable[[StepConfig, Path, bool], dict[str, Path]]
 _TASKS: dict[str, TaskFn] = {}
 #: Whether the running recipe shows progress bars; long tasks show their own inner bars too.
 _SHOW_PROGRESS = contextvars.ContextVar("synthgen_recipe_progress", default=False)
+
+
 def task(name: str) -> Callable[[TaskFn], TaskFn]:
     """Register a recipe task under ``name``."""
 
@@ -73,10 +75,10 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
 
 @task("phantom")
 def _phantom_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
+    """The procedural phantom: configs/phantom.yaml schema (`synthgen.data.PhantomConfig`)."""
+
     cfg = load_config(PhantomConfig, paths=step.config, overrides=step.overrides)
-    ct, labels = phantom(cfg)
-    record = make_record("synthgen.phantom", parameters=dict(ct.meta), seed=cfg.seed)
-    return write_case(out, "phantom", ct=ct, labels=labels, record=record, config=cfg, overwrite=overwrite)
+    return phantom_job(cfg, out, overwrite=overwrite)
 
 
 @task("describe_example")
@@ -116,35 +118,12 @@ def _lesion_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path
     return insert_lesions_job(ct, labels, specs, out, inputs=inputs, overwrite=overwrite, preview=True)[1]
 
 
-@dataclasses.dataclass
-class GenerateConfig:
-    """A `generate` step (configs/generate.yaml): prompt -> label map -> CT with the latent diffusion stack."""
-
-    prompt: str = "chest CT, 3 cm tumour in the liver"
-    size: list[int] = dataclasses.field(default_factory=lambda: [96, 96, 96])
-    spacing: float = 4.0
-    steps: int = 30
-    scheduler: str = "ddim"
-    guidance: float = 2.0
-    seed: int = 0
-    weights: str | None = None  # None: the shipped CPU weights
-    check: bool = True
-
-
 @task("generate")
 def _generate_task(step: StepConfig, out: Path, overwrite: bool) -> dict[str, Path]:
-    """A CT + label map from a prompt (`synthgen.pipelines.TextToCTPipeline`), with its fidelity check."""
+    """A CT + label map from a prompt: configs/generate.yaml schema (`synthgen.generate.job.GenerateConfig`)."""
 
     cfg = load_config(GenerateConfig, paths=step.config, overrides=step.overrides)
-    pipe = TextToCTPipeline.from_pretrained(cfg.weights)
-    res = pipe(cfg.prompt, size=tuple(cfg.size), spacing=cfg.spacing, steps=cfg.steps, guidance=cfg.guidance,
-               seed=cfg.seed, scheduler=cfg.scheduler)
-    paths = write_case(out, "generated", ct=res.ct, labels=res.labels, record=res.record, config=cfg,
-                       overwrite=overwrite)
-    if cfg.check:
-        result = pipe.check(res.ct, res.labels, phase=(res.record.get("spec") or {}).get("phase"))
-        paths["check"] = write_record(result, out / "generated_check.json", overwrite=overwrite)
-    return paths
+    return generate_job(cfg, out, overwrite=overwrite, progress=False)
 
 
 @task("xray_dataset")
@@ -257,9 +236,10 @@ def load_recipe(path: str | os.PathLike) -> RecipeConfig:
 def run_recipe(
     path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False, progress: bool = True
 ) -> dict[str, dict[str, Path]]:
-    """Run every step of the recipe at ``path``; step outputs go to ``out/<step name>/``."""
+    """Run every step of the recipe at ``path``; step outputs go to ``out/<step name>/``, the resolved
+    recipe to ``out/recipe.yaml`` and the run's record to ``out/run.json`` (the recipe and its config
+    files by hash, each step's outputs in details)."""
     from tqdm.auto import tqdm
-
 
     path = shipped_path(path)
     recipe = load_recipe(path)
@@ -277,10 +257,10 @@ def run_recipe(
     finally:
         _SHOW_PROGRESS.reset(token)
     save_config(recipe, out / "recipe.yaml", overwrite=overwrite)
-    record: dict[str, Any] = make_record(
-        "synthgen.run", parameters={"recipe": recipe.name, "recipe_file": str(path), "configs": configs},
-        inputs=[path], synthetic=True,
-    )
-    record["steps"] = {k: {r: str(p.relative_to(out)) for r, p in v.items()} for k, v in results.items()}
-    write_record(record, out / "run.json", overwrite=overwrite)
+    steps = {k: {r: str(p.relative_to(out)) for r, p in v.items()} for k, v in results.items()}
+    config_files = dict.fromkeys(c for cs in configs.values() for c in cs)  # each once, in order of use
+    record = Record.create("synthgen.run", parameters={"recipe": recipe.name, "recipe_file": str(path),
+                                                       "configs": configs},
+                           inputs=[path, *config_files], outputs=["recipe.yaml", *results], details={"steps": steps})
+    record.write(out / "run.json", overwrite=overwrite)
     return results

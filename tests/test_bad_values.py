@@ -275,9 +275,10 @@ def shipped_pipe():
 @pytest.fixture
 def fast_weights(monkeypatch, shipped_pipe):
     """The CLI's ``from_pretrained`` returns the shipped pipeline loaded once for this module."""
-    from synthgen.pipelines.latent_ct import MaskToCTPipeline
+    from synthgen.pipelines.latent_ct import LatentCTPipeline
 
-    monkeypatch.setattr(MaskToCTPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: shipped_pipe))
+    monkeypatch.setattr(LatentCTPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: cls(**shipped_pipe.components, device="cpu")))
     return shipped_pipe
 
 
@@ -305,10 +306,15 @@ def test_pipeline_check_inputs_from_python(shipped_pipe, files):
     from synthgen.pipelines.latent_ct import MaskToCTPipeline
 
     labels = io.read(files[1], kind="label")
+    mask_to_ct = MaskToCTPipeline(**shipped_pipe.components, device="cpu")
     with pytest.raises(InputError, match="guidance must be a finite number"):
-        MaskToCTPipeline.__call__(shipped_pipe, labels, None, guidance=float("nan"))
-    with pytest.raises(InputError, match="steps must be an integer"):
-        shipped_pipe("chest CT", steps=2.5)
+        mask_to_ct(labels, None, guidance_scale=float("nan"))
+    with pytest.raises(InputError, match="num_inference_steps must be an integer"):
+        shipped_pipe("chest CT", num_inference_steps=2.5)
+    with pytest.raises(InputError, match="unknown scheduler 'euler'"):
+        mask_to_ct(labels, scheduler="euler")
+    with pytest.raises(InputError, match="generator must be a torch.Generator or None, got int"):
+        shipped_pipe("chest CT", generator=3)
 
 
 # --------------------------------------------------------------------------- lesions

@@ -13,6 +13,7 @@ import pytest
 
 from synthgen import io
 from synthgen.cli import main
+from synthgen.io.record import Record
 from synthgen.volume import Volume
 from tests.conftest import AFFINES, make_affine, ramp_volume
 
@@ -185,8 +186,10 @@ def test_phantom_command_writes_case_with_config(capsys, tmp_path):
     assert names == ["phantom.json", "phantom.png", "phantom_config.yaml", "phantom_ct.nii.gz", "phantom_labels.nii.gz"]
     cfg = (out / "phantom_config.yaml").read_text()
     assert "seed: 3" in cfg and "- 64" in cfg
-    record = json.loads((out / "phantom.json").read_text())
-    assert record["synthetic"] is True and record["seed"] == 3 and record["generator"] == "synthgen.phantom"
+    record = Record.read(out / "phantom.json")
+    assert record.synthetic is True and record.seed == 3 and record.generator == "synthgen.phantom"
+    assert record.parameters["shape"] == [64, 64, 48] and "sampled" in record.details
+    assert record.outputs == ("phantom_ct.nii.gz", "phantom_labels.nii.gz")
     ct, lab = io.read_pair(out / "phantom_ct.nii.gz", out / "phantom_labels.nii.gz")
     assert ct.shape == (64, 64, 48) and ct.synthetic and lab.synthetic
     # Same command again refuses to clobber and leaves the files as they were; configs are only read.

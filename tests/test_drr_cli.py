@@ -11,6 +11,7 @@ from PIL import Image
 from synthgen import io
 from synthgen.cli import main
 from synthgen.drr.geometry import Projection, named_view
+from synthgen.io.record import Record
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,16 @@ def test_drr_writes_every_output_per_view(capsys, tmp_path, phantom_files):
         labels = np.load(out / f"{view}_labels.npz")
         names = list(labels["names"])
         assert "liver" in names and labels["masks"].shape == (len(names), 48, 64)
-        rec = json.loads((out / f"{view}.json").read_text())
-        proj = Projection.from_dict(rec["geometry"])
-        np.testing.assert_allclose(np.array(rec["geometry"]["projection_matrix"]), proj.matrix(), rtol=1e-9)
-        assert rec["physics"]["kev"] == 70.0 and rec["physics"]["photons_per_pixel"] == 5000.0
-        assert rec["synthetic"] is True and rec["generator"] == "synthgen.drr"
-        assert {i["name"] for i in rec["inputs"]} == {"ct.nii.gz", "labels.nii.gz"}
+        rec = Record.read(out / f"{view}.json")
+        view_rec = rec.details
+        proj = Projection.from_dict(view_rec["geometry"])
+        np.testing.assert_allclose(np.array(view_rec["geometry"]["projection_matrix"]), proj.matrix(), rtol=1e-9)
+        assert view_rec["physics"]["kev"] == 70.0 and view_rec["physics"]["photons_per_pixel"] == 5000.0
+        assert view_rec["seed"] == 7 + ("PA", "LAT").index(view)  # view k: seed + k
+        assert rec.synthetic is True and rec.generator == "synthgen.drr" and rec.seed == 7
+        assert rec.parameters["views"] == ["PA", "LAT"] and rec.parameters["physics"]["kev"] == 70.0
+        assert {i.name for i in rec.inputs} == {"ct.nii.gz", "labels.nii.gz"}
+        assert set(rec.outputs) == {p.name for p in out.glob(f"{view}*") if p.name != f"{view}.json"}
     cfg = (out / "config.yaml").read_text()
     assert "kev: 70.0" in cfg and "- LAT" in cfg
     assert (ct_path.read_bytes(), lab_path.read_bytes()) == before
@@ -61,9 +66,10 @@ def test_drr_from_explicit_geometry_file(capsys, tmp_path, phantom_files):
     geo.to_json(tmp_path / "geometry.json")
     code = main(["drr", str(ct_path), "--geometry", str(tmp_path / "geometry.json"), "--out", str(tmp_path / "o"), "-q"])
     assert code == 0, capsys.readouterr().err
-    rec = json.loads((tmp_path / "o" / "mine.json").read_text())
-    assert Projection.from_dict(rec["geometry"]) == geo
-    assert rec["spectrum"]["kvp"] == 120.0 and rec["physics"]["kev"] is None
+    rec = Record.read(tmp_path / "o" / "mine.json")
+    assert Projection.from_dict(rec.details["geometry"]) == geo
+    assert rec.details["spectrum"]["kvp"] == 120.0 and rec.details["physics"]["kev"] is None
+    assert [i.name for i in rec.inputs] == ["ct.nii.gz", "geometry.json"]  # the geometry file by hash too
 
 
 @pytest.mark.parametrize(

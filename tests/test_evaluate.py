@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from synthgen.errors import InputError
 from synthgen.expand.analysis import analyse
 from synthgen.expand.dataset import read_dataset
 from synthgen.expand.demo import CLASSES, DemoConfig, write_demo_dataset
-from synthgen.expand.evaluate import EvalConfig, _case_weights, cls_metrics, evaluate, format_evaluation, seg_metrics
+from synthgen.expand.evaluate import case_weights, cls_metrics, evaluate, seg_metrics
+from synthgen.expand.evaluation import EvalConfig, Evaluation, format_evaluation
 from synthgen.expand.split import fixed_split
 
 NAMES = ["background", "liver", "liver_cyst", "liver_tumor"]
@@ -86,9 +88,9 @@ def test_cls_metrics_and_balanced_sampling():
             self.fg = dict.fromkeys(fg)
 
     cases = [C([1]), C([1]), C([1]), C([1, 3])]
-    p = _case_weights(cases, 4, task="seg", balanced=True)
+    p = case_weights(cases, 4, task="seg", balanced=True)
     assert p[3] == pytest.approx(4 * p[0])  # the rare case is drawn 4x as often (4 vs 1 cases)
-    assert np.allclose(_case_weights(cases, 4, task="seg", balanced=False), 0.25)
+    assert np.allclose(case_weights(cases, 4, task="seg", balanced=False), 0.25)
 
 
 def test_evaluate_runs_every_arm_and_keeps_synthetic_out_of_val_and_test(demo, tmp_path):
@@ -101,22 +103,25 @@ def test_evaluate_runs_every_arm_and_keeps_synthetic_out_of_val_and_test(demo, t
     split = fixed_split(analyse(ds), [it.id for it in ds.items])
     assert manifest and {r["host"] for r in manifest} <= set(split["train"])  # --hold-out
     cfg = EvalConfig(seeds=2, steps=4, val_every=2, batch=2, patch=[16, 16, 16], channels=[4, 8])
-    doc = evaluate(ds, expanded=out, cfg=cfg, progress=False)
-    assert list(doc["arms"]) == ["real", "weighted", "real+synthetic"]
-    assert doc["split"]["synthetic"] == len(manifest) and doc["split"]["synthetic_dropped"] == 0
-    assert doc["arms"]["real+synthetic"]["n_train"] == doc["arms"]["real"]["n_train"] + len(manifest)
-    assert not (set(doc["split_ids"]["val"]) | set(doc["split_ids"]["test"])) & {r["name"] for r in manifest}
-    assert doc["resolution"].startswith("6x6x6 mm voxels, 16x16x16 patches")
-    rec = doc["arms"]["real"]
-    assert [s["seed"] for s in rec["per_seed"]] == [0, 1] and rec["per_seed"][0]["curve"][-1]["step"] == 4
-    t = rec["summary"]["liver_tumor"]["dice"]
-    vals = [s["metrics"]["liver_tumor"]["dice"] for s in rec["per_seed"]]
-    assert t["mean"] == pytest.approx(np.mean(vals), abs=1e-4)
-    assert doc["deltas"]["real+synthetic - real"]["liver_tumor"]["dice"] == pytest.approx(
-        doc["arms"]["real+synthetic"]["summary"]["liver_tumor"]["dice"]["mean"] - t["mean"], abs=2e-4)
-    assert "liver_tumor dice: real+synthetic" in doc["verdict"]
-    table = format_evaluation(doc)
+    ev = evaluate(ds, expanded=out, cfg=cfg, progress=False)
+    assert list(ev.arms) == ["real", "weighted", "real+synthetic"]
+    assert ev.split.synthetic == len(manifest) and ev.split.synthetic_dropped == 0
+    assert ev.arms["real+synthetic"].n_train == ev.arms["real"].n_train + len(manifest)
+    assert not (set(ev.split_ids["val"]) | set(ev.split_ids["test"])) & {r["name"] for r in manifest}
+    assert ev.resolution.startswith("6x6x6 mm voxels, 16x16x16 patches")
+    arm = ev.arms["real"]
+    assert [s.seed for s in arm.per_seed] == [0, 1] and arm.per_seed[0].curve[-1].step == 4
+    t = arm.summary["liver_tumor"]["dice"]
+    vals = [s.metrics["liver_tumor"]["dice"] for s in arm.per_seed]
+    assert t.mean == pytest.approx(np.mean(vals), abs=1e-4)
+    assert ev.deltas["real+synthetic - real"]["liver_tumor"]["dice"] == pytest.approx(
+        ev.arms["real+synthetic"].summary["liver_tumor"]["dice"].mean - t.mean, abs=2e-4)
+    assert "liver_tumor dice: real+synthetic" in ev.verdict
+    table = format_evaluation(ev)
     assert "liver_tumor*" in table and "±" in table
+    # the JSON written is the one read back: same keys, same values
+    doc = json.loads(json.dumps(ev.to_dict()))
+    assert Evaluation.from_dict(doc) == ev and list(doc) == [f.name for f in dataclasses.fields(Evaluation)]
 
 
 def test_evaluate_errors_are_one_line(demo, tmp_path):
@@ -166,10 +171,9 @@ def test_classification_set_expands_with_segmenter_masks_and_evaluates(cls_csv, 
         # the lesion sits in the host's true liver (the demo's label map), which the classifier never saw
         truth = read(demo / "labelsTr" / f"{rec['host'].removesuffix('_0000')}.nii.gz", kind="label").numpy()
         assert (truth[lesion] >= 1).mean() > 0.8
-    doc = evaluate(read_dataset(cls_csv), expanded=out, progress=False,
-                   cfg=EvalConfig(seeds=1, steps=2, val_every=1, batch=2, size=[16, 16, 16], channels=[4, 8]))
-    assert doc["task"] == "cls" and set(doc["arms"]["real"]["summary"]["liver_tumor"]) == {"recall", "precision",
-                                                                                          "f1"}
+    ev = evaluate(read_dataset(cls_csv), expanded=out, progress=False,
+                  cfg=EvalConfig(seeds=1, steps=2, val_every=1, batch=2, size=[16, 16, 16], channels=[4, 8]))
+    assert ev.task == "cls" and set(ev.arms["real"].summary["liver_tumor"]) == {"recall", "precision", "f1"}
 
 
 def test_diffusion_generator_writes_whole_cases_in_the_dataset_classes(demo, tmp_path):

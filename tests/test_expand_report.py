@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from synthgen.errors import InputError
+from synthgen.expand.evaluation import EvalConfig, Evaluation
 from synthgen.expand.report import write_report
 from tests.conftest import write_toy_dataset
 
@@ -21,10 +23,12 @@ ARMS = ("real", "weighted", "real+synthetic")
 @pytest.fixture(scope="module")
 def expanded(tmp_path_factory):
     """A 4-case nnU-Net dataset with one tumour, expanded to 3 tumour cases: (root, summary, manifest)."""
-    from synthgen.expand.analysis import analyse, write_expansion_summary
+    from synthgen.expand.analysis import analyse
     from synthgen.expand.dataset import read_dataset
     from synthgen.expand.generate import expand
+    from synthgen.expand.manifest import read_manifest
     from synthgen.expand.plan import Target, make_plan
+    from synthgen.expand.summary import ExpansionSummary, write_expansion_summary
 
     root = tmp_path_factory.mktemp("ds") / "Dataset042_Toy"
     write_toy_dataset(root, 4)
@@ -32,13 +36,15 @@ def expanded(tmp_path_factory):
     a = analyse(ds)
     plan = make_plan(ds, a, Target.parse("count=3"), seed=1)
     res = expand(ds, plan, progress=False)
-    write_expansion_summary(a, plan.to_dict(), plan.counts, root)
-    summary = json.loads((root / "synthgen_expand.json").read_text())
-    manifest = [json.loads(x) for x in res.manifest.read_text().splitlines()]
+    write_expansion_summary(ExpansionSummary.of(a, plan), root)
+    summary = ExpansionSummary.read(root / "synthgen_expand.json")  # what the report reads: the file written
+    manifest = read_manifest(root)
+    assert [json.loads(json.dumps(m.to_dict())) for m in manifest] == [
+        json.loads(x) for x in res.manifest.read_text().splitlines()]
     return root, summary, manifest
 
 
-def example_evaluation() -> dict:
+def example_evaluation() -> Evaluation:
     """An evaluation.json as synthgen.expand.evaluate writes it: 3 arms x 3 seeds, curves, deltas."""
     rng = np.random.default_rng(0)
     classes, seeds = ["liver", "kidney", "liver_tumor"], [0, 1, 2]
@@ -49,9 +55,12 @@ def example_evaluation() -> dict:
         for s in seeds:
             metrics = {c: {m: round(float(np.clip((0.8 if c != "liver_tumor" else level) + rng.normal(0, 0.04), 0, 1)), 3)
                            for m in ("dice", "recall", "f1")} for c in classes}
-            curve = [{"step": st, "loss": round(1.0 / (1 + st / 50), 3),
-                      "val_dice": {"liver_tumor": round(level * st / 200 + float(rng.normal(0, 0.02)), 3),
-                                   "liver": round(0.8 * st / 200, 3)}} for st in (25, 50, 100, 150, 200)]
+            curve = []
+            for st in (25, 50, 100, 150, 200):
+                val = {"liver_tumor": round(level * st / 200 + float(rng.normal(0, 0.02)), 3),
+                       "liver": round(0.8 * st / 200, 3)}
+                curve.append({"step": st, "loss": round(1.0 / (1 + st / 50), 3),
+                              "val_mean": round(float(np.mean(list(val.values()))), 3), "val": val})
             per_seed.append({"seed": s, "metrics": metrics, "curve": curve})
         summary = {c: {m: {"mean": float(np.mean([p["metrics"][c][m] for p in per_seed])),
                            "std": float(np.std([p["metrics"][c][m] for p in per_seed]))}
@@ -61,12 +70,14 @@ def example_evaluation() -> dict:
                                                           - arms[other]["summary"][c][m]["mean"], 3)
                                                   for m in ("dice", "recall", "f1")} for c in ["liver_tumor"]}
               for other in ("real", "weighted")}
-    return {"task": "seg", "dataset": "demo", "resolution": "3.0 mm, 32x32x32 patches", "seeds": seeds,
-            "classes": classes, "rare": ["liver_tumor"],
-            "split": {"train": 24, "val": 6, "test": 12, "synthetic": 18, "synthetic_dropped": 2},
-            "arms": arms, "deltas": deltas,
-            "verdict": "real+synthetic beats both arms on liver_tumor Dice by more than the seed spread",
-            "seconds": 312.0}
+    return Evaluation.from_dict({
+        "task": "seg", "dataset": "demo", "expanded": None, "resolution": "3.0 mm, 32x32x32 patches",
+        "seeds": seeds, "classes": classes, "rare": ["liver_tumor"],
+        "split": {"train": 24, "val": 6, "test": 12, "synthetic": 18, "synthetic_dropped": 2, "split_seed": 0},
+        "split_ids": {"train": [], "val": [], "test": []}, "config": dataclasses.asdict(EvalConfig()),
+        "arms": arms, "deltas": deltas,
+        "verdict": "real+synthetic beats both arms on liver_tumor Dice by more than the seed spread",
+        "seconds": 312.0})
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +144,31 @@ def test_sections_are_optional_and_inputs_checked(expanded, tmp_path):
     assert "synthetic (planned)" in text or "planned ones" in text
     assert "No manifest" in text
     # a classification evaluation: other metrics, two arms, no curves or deltas
-    cls = {"task": "cls", "classes": ["normal", "tumour"], "rare": ["tumour"], "seeds": [0],
-           "arms": {a: {"n_train": 10, "per_seed": [{"seed": 0, "metrics": {}, "curve": [
-                            {"step": st, "loss": 0.5, "val_mean": 0.4, "val": {"normal": 0.9, "tumour": st / 100}}
-                            for st in (10, 20, 30)]}],
-                        "summary": {"tumour": {"recall": {"mean": 0.5, "std": 0.0},
-                                               "precision": {"mean": 0.25, "std": 0.1}}}} for a in ("real", "weighted")}}
-    text = write_report(tmp_path / "cls", title="c", evaluation=cls).read_text()
+    doc = example_evaluation().to_dict()
+    doc.update(task="cls", classes=["normal", "tumour"], rare=["tumour"], seeds=[0], deltas={},
+               arms={a: {"n_train": 10, "per_seed": [{"seed": 0, "metrics": {}, "curve": [
+                   {"step": st, "loss": 0.5, "val_mean": 0.4, "val": {"normal": 0.9, "tumour": st / 100}}
+                   for st in (10, 20, 30)]}],
+                   "summary": {"tumour": {"recall": {"mean": 0.5, "std": 0.0},
+                                          "precision": {"mean": 0.25, "std": 0.1}}}} for a in ("real", "weighted")})
+    text = write_report(tmp_path / "cls", title="c", evaluation=Evaluation.from_dict(doc)).read_text()
     assert "<h3>precision (mean" in text and "0.250 ± 0.100" in text
     assert "Validation recall of tumour" in text and len(_img_srcs(text)) == 1  # curves keyed "val" also drawn
-    assert "No deltas recorded" in text and "<td>normal</td><td>–</td>" in text
+    assert "No deltas: the evaluation has no real+synthetic arm" in text and "<td>normal</td><td>–</td>" in text
     with pytest.raises(InputError, match="already exists; refusing to overwrite"):
         write_report(tmp_path / "empty", title="again")
     assert write_report(tmp_path / "empty", title="again", summary=summary, overwrite=True).read_text().count(
         "<img") == 2
     with pytest.raises(InputError, match="pass root="):
         write_report(tmp_path / "r1", title="t", manifest=manifest)
-    with pytest.raises(InputError, match="synthgen_expand.json"):
+    with pytest.raises(InputError, match="summary must be an ExpansionSummary"):
         write_report(tmp_path / "r2", title="t", summary={"plan": {}})
-    with pytest.raises(InputError, match="evaluation.json"):
+    with pytest.raises(InputError, match="evaluation must be an Evaluation"):
         write_report(tmp_path / "r3", title="t", evaluation={"task": "seg"})
+    # a malformed file is one line naming the file and the key, when it is read
+    (tmp_path / "evaluation.json").write_text(json.dumps({**example_evaluation().to_dict(), "split": {"train": 1}}))
+    with pytest.raises(InputError, match=r"evaluation.json: split: missing val, test, synthetic"):
+        Evaluation.read(tmp_path / "evaluation.json")
     with pytest.raises(InputError, match="DRR image not found"):
         write_report(tmp_path / "r4", title="t", drr_images=[tmp_path / "nope.png"])
     (tmp_path / "fake.png").write_text("not a png")

@@ -12,7 +12,8 @@ import pytest
 
 import synthgen
 from synthgen.errors import InputError, OverwriteError
-from synthgen.io.dicom import read_dicom, write_dicom_multiframe, write_dicom_series
+from synthgen.io.dicom import read_dicom
+from synthgen.io.dicom_write import write_dicom_multiframe, write_dicom_series
 from synthgen.volume import Volume
 
 SHAPE = (7, 6, 5)
@@ -792,17 +793,13 @@ def test_seg_writer_refuses_what_it_cannot_reference(tmp_path):
 
 
 def test_generate_as_dicom_writes_the_labels_as_seg_beside_the_series(tmp_path):
-    import argparse
-    import types
-
     from synthgen import io
-    from synthgen.cli import _write_generated
+    from synthgen.io.record import Record
+    from synthgen.outputs import write_case
 
     labels = _labels("lps")
     ct = Volume(_hu(), labels.affine, synthetic=True)
-    res = types.SimpleNamespace(ct=ct, labels=labels, record={"generator": "test", "synthetic": True})
-    args = argparse.Namespace(out=str(tmp_path), stem="synth", format="dicom", overwrite=False)
-    paths = _write_generated(args, res)
+    paths = write_case(tmp_path, "synth", ct=ct, labels=labels, record=Record.create("test"), format="dicom")
     assert paths["seg"] == tmp_path / "synth_labels.dcm" and paths["labels"] == tmp_path / "synth_labels.nii.gz"
     seg = io.read(paths["seg"])
     np.testing.assert_array_equal(seg.numpy(), labels.numpy())

@@ -200,6 +200,17 @@ def test_specs_yaml_round_trip(tmp_path):
         load_specs(p)
 
 
+def test_specs_from_configs_fall_back_on_the_shipped_copy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder that is not a checkout: no configs/ here
+    specs = load_specs("configs/lesions_abdomen.yaml")
+    assert [(s.type, s.organ) for s in specs[:3]] == [("tumor", "liver"), ("cyst", "liver"), ("metastasis", "spleen")]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "lesions_abdomen.yaml").write_text("lesions:\n  - {type: cyst, organ: kidney}\n")
+    assert load_specs("configs/lesions_abdomen.yaml") == [LesionSpec(type="cyst", organ="kidney")]
+    with pytest.raises(InputError, match="configs/missing.yaml: spec file not found"):
+        load_specs("configs/missing.yaml")
+
+
 def test_cli_insert_writes_volumes_record_and_preview(capsys, tmp_path, host):
     from synthgen.cli import main
 
@@ -215,8 +226,9 @@ def test_cli_insert_writes_volumes_record_and_preview(capsys, tmp_path, host):
     assert sorted(p.name for p in out.iterdir()) == [
         "lesions.json", "lesions.yaml", "lesions_ct.nii.gz", "lesions_labels.nii.gz", "lesions_preview.png"]
     rec = json.loads((out / "lesions.json").read_text())
-    assert rec["synthetic"] is True and len(rec["lesions"]) == 2
-    assert {"center_mm", "diameter_mm", "volume_ml", "mean_hu", "phase", "type", "seed"} <= set(rec["lesions"][0])
+    assert rec["synthetic"] is True and len(rec["details"]["lesions"]) == 2
+    assert {"center_mm", "diameter_mm", "volume_ml", "mean_hu", "phase", "type", "seed"} <= set(
+        rec["details"]["lesions"][0])
     new_ct, new_labels = io.read_pair(out / "lesions_ct.nii.gz", out / "lesions_labels.nii.gz")
     assert new_ct.synthetic and (new_labels.numpy() == 201).any()
     assert [(tmp_path / n).read_bytes() for n in ("ct.nii.gz", "labels.nii.gz")] == before

@@ -7,6 +7,7 @@ import pytest
 from synthgen import io
 from synthgen.cli import main
 from synthgen.errors import InputError
+from synthgen.io.record import Record
 from synthgen.recipes import known_tasks, load_recipe, run_recipe
 
 
@@ -28,8 +29,11 @@ def test_run_phantom_recipe_writes_every_step(tmp_path):
     a = io.read(results["a"]["ct"]).numpy()
     b = io.read(results["b"]["ct"]).numpy()
     assert a.shape == (64, 64, 48) and (a != b).any()
-    run = json.loads((out / "run.json").read_text())
-    assert run["steps"]["a"]["ct"] == "a/phantom_ct.nii.gz"
+    run = Record.read(out / "run.json")
+    assert run.details["steps"]["a"]["ct"] == "a/phantom_ct.nii.gz"
+    assert run.parameters["configs"] == {"a": ["configs/phantom_small.yaml"], "b": ["configs/phantom_small.yaml"]}
+    assert [i.name for i in run.inputs] == ["r.yaml", "phantom_small.yaml"]  # the config used twice, hashed once
+    assert Record.read(results["b"]["record"]).seed == 2
     assert (out / "recipe.yaml").is_file()
     # A second run refuses to clobber the first.
     with pytest.raises(InputError, match="already exists"):
@@ -43,14 +47,14 @@ def test_quickstart_recipe_end_to_end(tmp_path, example, capsys):
     names = {s["name"] for s in info["labels"]["structures"]}
     assert {"liver", "aorta", "heart"} <= names
     assert (tmp_path / "demo/phantom/phantom.png").stat().st_size > 10_000
-    lesions = json.loads((tmp_path / "demo/lesion/lesions.json").read_text())["lesions"]
+    lesions = Record.read(tmp_path / "demo/lesion/lesions.json").details["lesions"]
     assert len(lesions) == 8 and (tmp_path / "demo/lesion/lesions_preview.png").is_file()
     for view in ("PA", "LAT"):
-        rec = json.loads((tmp_path / f"demo/drr/{view}.json").read_text())
+        rec = Record.read(tmp_path / f"demo/drr/{view}.json").details
         assert rec["physics"]["photons_per_pixel"] == 20000.0 and "heart" in rec["structures"]
     # text -> CT on the shipped weights, with its fidelity check
-    gen = json.loads((tmp_path / "demo/generate/generated.json").read_text())
-    assert gen["prompt"] == "chest CT, 3 cm tumour in the liver" and gen["synthetic"] is True
+    gen = Record.read(tmp_path / "demo/generate/generated.json")
+    assert gen.parameters["prompt"] == "chest CT, 3 cm tumour in the liver" and gen.synthetic is True
     check = json.loads((tmp_path / "demo/generate/generated_check.json").read_text())
     assert check["adherence"]["lung"]["dice"] >= 0.85 and check["adherence"]["body"]["dice"] >= 0.85
     assert check["lesions"][0]["label"] == "liver_tumor"

@@ -1,39 +1,79 @@
-"""The shipped text -> CT pipeline is bit-reproducible: a seed gives the same volume, release to release.
+"""The shipped text -> CT pipeline is reproducible: a seed gives the same volume, release to release.
 
-The hashes were recorded on the CPU build of torch 2.13.0 before the pipelines were moved
-onto the diffusers contract (issue 12); that change must not alter a single voxel.
+The reference volumes (tests/data/reproducible_ct.npz) were made by synthgen before the pipelines
+moved onto the diffusers contract (commit a6544fd, issue 12), on the CPU build of torch 2.13.0.
+Floating-point kernels differ between CPUs (torch picks AVX-512, AVX2 or plain code, oneDNN its
+own), so bit-identity is asserted on the CPU the references were made on (`RECORDED`, keyed by a
+fingerprint of torch's kernel set and the CPU's flags); on any other CPU the CT must match the
+reference to within one HU of rounding in a few voxels, and the label map (integer work) exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 PROMPT = "contrast CT of the abdomen, 3 cm tumour in the liver"
-RECORDED = {  # scheduler -> (sha256 of the CT's int16 voxels, sha256 of the label map's voxels)
-    "ddim": ("48536adb3d167c8ada63b2f07b2ba363a23d13827579d6a1c3c6d655d39fbd34",
-             "5a0bd9ca0e1cf89b8afb19799978f18dd9cc9f5fe91c49ffaa1e9c7ce6a03547"),
-    "dpm": ("05549b9724f1923baade405a9f4dbe2154a4c9340a999305ae643e6bf6ff44f7",
-            "5a0bd9ca0e1cf89b8afb19799978f18dd9cc9f5fe91c49ffaa1e9c7ce6a03547"),
+REFERENCE = Path(__file__).parent / "data" / "reproducible_ct.npz"
+#: sha256 of the label map's voxels: the same on every CPU.
+LABELS_SHA = "5a0bd9ca0e1cf89b8afb19799978f18dd9cc9f5fe91c49ffaa1e9c7ce6a03547"
+#: CPU fingerprint -> scheduler -> sha256 of the CT's int16 voxels, made by the code before the change.
+RECORDED = {
+    "643e0ecf7e6907ee": {  # torch AVX512 kernels, Intel Xeon (the session machine of 2026-12-02)
+        "ddim": "f7be1411874facc1aa51fb1c976183a96c73263fa952f7fe903e0e34098ce250",
+        "dpm": "e56f9a8f2b5a5f6a1be7eaeb02f54fb51175b760a17993bd0132dafe215760a5",
+    },
 }
+SCHEDULERS = ("ddim", "dpm")
 
 
-def _sha(vol) -> str:
-    return hashlib.sha256(np.ascontiguousarray(vol.numpy()).tobytes()).hexdigest()
+def _sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def cpu_fingerprint() -> str:
+    """torch's CPU kernel set and the CPU's feature flags, hashed: equal fingerprints run the same kernels."""
+    flags = []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        line = next((x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")), "flags:")
+        flags = sorted(line.split(":", 1)[1].split())
+    text = f"{torch.backends.cpu.get_cpu_capability()} {' '.join(flags)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def generated():
     from synthgen.pipelines.latent_ct import TextToCTPipeline
 
-    return TextToCTPipeline.from_pretrained(None)
+    pipe = TextToCTPipeline.from_pretrained(None, device="cpu")
+    out = {}
+    for scheduler in SCHEDULERS:
+        res = pipe(PROMPT, size=(32, 32, 32), spacing=4.0, num_inference_steps=4, guidance_scale=2.0,
+                   generator=torch.Generator().manual_seed(3), scheduler=scheduler, progress=False)
+        out[scheduler] = res
+    return out
 
 
-@pytest.mark.parametrize("scheduler", sorted(RECORDED))
-def test_same_seed_same_voxels_as_recorded(pipe, scheduler):
-    res = pipe(PROMPT, size=(32, 32, 32), spacing=4.0, steps=4, guidance=2.0, seed=3, scheduler=scheduler,
-               progress=False)
-    assert res.ct.numpy().dtype == np.int16 and res.ct.shape == (32, 32, 32)
-    assert (_sha(res.ct), _sha(res.labels)) == RECORDED[scheduler]
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_same_seed_matches_the_reference_on_any_cpu(generated, scheduler):
+    res = generated[scheduler]
+    ct = res.ct.numpy()
+    assert ct.dtype == np.int16 and ct.shape == (32, 32, 32)
+    assert _sha(res.labels.numpy()) == LABELS_SHA
+    diff = np.abs(ct.astype(np.int32) - np.load(REFERENCE)[scheduler].astype(np.int32))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # rounding of a few voxels, nothing more
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_same_seed_bit_identical_on_the_recording_cpu(generated, scheduler):
+    recorded = RECORDED.get(cpu_fingerprint())
+    if recorded is None:
+        pytest.skip(f"no hash recorded for this CPU (fingerprint {cpu_fingerprint()}); "
+                    "the reference comparison covers it")
+    assert _sha(generated[scheduler].ct.numpy()) == recorded[scheduler]
+    assert np.array_equal(generated[scheduler].ct.numpy(), np.load(REFERENCE)[scheduler])

@@ -79,6 +79,7 @@ import numpy as np
 
 from synthgen.errors import InputError
 from synthgen.files.atomic import write_text
+from synthgen.files.jsonfile import read_json
 from synthgen.volume import Volume
 
 ViewName = Literal["PA", "AP", "LAT", "LLAT", "RLAT"]
@@ -373,12 +374,7 @@ class Projection:
     def from_json(cls, path: str | os.PathLike) -> Projection:
         """Read a projection written by `to_json` (or by hand, following the schema)."""
         p = Path(path)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{p}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}: not valid JSON ({e})") from None
+        d = read_json(p, what="a projection geometry JSON")
         try:
             return cls.from_dict(d)
         except InputError as e:

@@ -17,11 +17,14 @@ from synthgen.drr.render import DRR, DRRRenderer, XRaySettings
 from synthgen.errors import InputError
 from synthgen.files.atomic import atomic_path, check_writable
 from synthgen.files.safepath import safe_name
-from synthgen.io.record import make_record, write_record
+from synthgen.io.record import Record
 from synthgen.memory import format_gib, memory_shortfall
 from synthgen.report.montage import label_colors, save_png
 from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
+
+#: The ``generator`` of every view's record.
+GENERATOR = "synthgen.drr"
 
 
 @dataclasses.dataclass
@@ -145,10 +148,11 @@ def view_paths(stem: str, out_dir: str | os.PathLike, *, labels: bool) -> dict[s
     return paths
 
 
-def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, record: dict | None = None) -> dict[str, Path]:
+def write_drr(drr: DRR, out_dir: str | os.PathLike, *, record: Record, overwrite: bool = False) -> dict[str, Path]:
     """Write one view: ``<view>.png`` (16-bit display), ``<view>_line_integral.npy``,
     ``<view>_intensity.npy`` (float32), ``<view>_labels.npz`` + ``<view>_overlay.png`` when
-    labels were projected, and ``<view>.json`` (geometry, projection matrix, physics, provenance).
+    labels were projected, and ``<view>.json``: ``record`` with the view's geometry, projection
+    matrix, physics, spectrum and seed (`DRR.record`) as details, naming the files written.
     """
 
     paths = view_paths(drr.projection.name, out_dir, labels=bool(drr.masks))
@@ -168,7 +172,8 @@ def write_drr(drr: DRR, out_dir: str | os.PathLike, *, overwrite: bool = False, 
                 thickness_mm=np.stack([drr.thickness_mm[n] for n in names]),
             )
         save_png(overlay(drr), paths["overlay"], overwrite=overwrite)
-    write_record({**(record or {}), **drr.record(), "outputs": [p.name for p in paths.values()]}, paths["record"], overwrite=overwrite)
+    view_record = record.with_details(**drr.record()).with_outputs(p for k, p in paths.items() if k != "record")
+    view_record.write(paths["record"], overwrite=overwrite)
     return paths
 
 
@@ -201,8 +206,9 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[dict[str, dict[str, Path]], Path]:
-    """Render every view of ``config`` into ``out_dir`` with a provenance record (``inputs`` hashed)
-    per view, and the resolved ``config.yaml`` beside them; returns (paths per view, config path)."""
+    """Render every view of ``config`` into ``out_dir`` with a provenance record per view (``config``
+    as parameters, ``inputs`` and the geometry files hashed, the view's geometry and physics as
+    details), and the resolved ``config.yaml`` beside them; returns (paths per view, config path)."""
     from tqdm.auto import tqdm
 
 
@@ -212,7 +218,9 @@ def run(
     for proj in views:
         for p in view_paths(proj.name, out_dir, labels=labels is not None).values():
             check_writable(p, overwrite=overwrite)
-    record = make_record("synthgen.drr", parameters={}, seed=config.seed, inputs=list(inputs))
+    # the run's settings and inputs (geometry files too) by hash; each view adds its own geometry and seed
+    record = Record.create(GENERATOR, parameters=dataclasses.asdict(config), seed=config.seed,
+                           inputs=[*inputs, *config.geometry])
     renderer = DRRRenderer(ct, labels=labels, bone_hu=config.physics.bone_hu)
     written = {}
     for k, proj in enumerate(tqdm(views, desc="drr", unit="view", disable=not progress)):

@@ -9,15 +9,16 @@ class. A class is *rare* under ``--rare auto`` when it is present in fewer cases
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from synthgen.errors import InputError, did_you_mean
 from synthgen.expand.dataset import Dataset
-from synthgen.files.atomic import write_text
+from synthgen.expand.documents import Document, dump
+from synthgen.files.atomic import check_writable, write_text
 from synthgen.io import read
 from synthgen.report.charts import bar_chart
 from synthgen.report.montage import save_png
@@ -25,14 +26,20 @@ from synthgen.report.montage import save_png
 DEFAULT_RARE_FRACTION = 0.5
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ClassStats:
+    """One class of a dataset: the cases containing it and (segmentation) its voxels, volume and
+    lesions (6-connected components) by sphere-equivalent diameter."""
+
     name: str
     value: int | None  # label value (seg) or None (cls)
     cases: list[str]
     voxels: int = 0
     volume_ml: float = 0.0
     lesion_diameters_mm: list[float] = dataclasses.field(default_factory=list)
+
+    #: Keys `to_dict` computes from the fields (read back, not stored).
+    DERIVED_KEYS: ClassVar[tuple[str, ...]] = ("n_cases", "lesion_size_mm")
 
     @property
     def n_cases(self) -> int:
@@ -47,56 +54,69 @@ class ClassStats:
         return d
 
 
-@dataclasses.dataclass
-class Analysis:
-    dataset: str
+@dataclasses.dataclass(frozen=True)
+class Analysis(Document, source="analysis", what="an analysis.json"):
+    """``analysis.json``: every class of a dataset and which are rare under ``rule``.
+
+    ``dataset`` is the dataset's path; None in the expansion summary (`synthgen.expand.summary`),
+    which leaves the path out so copies of an expanded folder stay byte-identical.
+    """
+
     task: str
     n_items: int
-    classes: list[ClassStats]
-    rare: list[str]
     rule: str
+    rare: list[str]
+    classes: list[ClassStats]
+    dataset: str | None = None
 
     def by_name(self) -> dict[str, ClassStats]:
         return {c.name: c for c in self.classes}
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "task": self.task, "n_items": self.n_items, "rule": self.rule,
-                "rare": self.rare, "classes": [c.to_dict() for c in self.classes]}
+        head = {} if self.dataset is None else {"dataset": self.dataset}
+        return {**head, "task": self.task, "n_items": self.n_items, "rule": self.rule, "rare": self.rare,
+                "classes": [c.to_dict() for c in self.classes]}
 
 
 def analyse(ds: Dataset, *, rare: str | Sequence[str] = "auto", fraction: float = DEFAULT_RARE_FRACTION,
             progress: bool = False) -> Analysis:
     """Statistics of every class of ``ds`` and the rare ones under ``rare`` ("auto" or names)."""
-    from tqdm.auto import tqdm
-
-    if ds.task == "seg":
-        from scipy import ndimage
-
-
-        stats = {v: ClassStats(n, v, []) for v, n in sorted(ds.classes.items()) if v != 0}
-        for it in tqdm(ds.items, desc="analyse", disable=not progress):
-            lab = read(it.label, kind="label")
-            arr = np.asarray(lab.numpy())
-            vox_ml = float(np.prod(lab.spacing)) / 1000.0
-            counts = np.bincount(arr.ravel().astype(np.int64))
-            for v, s in stats.items():
-                if v < counts.size and counts[v]:
-                    s.cases.append(it.id)
-                    s.voxels += int(counts[v])
-                    s.volume_ml += counts[v] * vox_ml
-                    comps, _ = ndimage.label(arr == v)
-                    sizes = np.bincount(comps.ravel())[1:]
-                    s.lesion_diameters_mm += [round(float((6 * c * vox_ml * 1000 / np.pi) ** (1 / 3)), 1)
-                                              for c in sizes]
-        classes = list(stats.values())
-    else:
-        stats = {n: ClassStats(n, None, []) for _, n in sorted(ds.classes.items())}
-        for it in ds.items:
-            stats[it.class_name].cases.append(it.id)
-        classes = list(stats.values())
+    classes = _seg_stats(ds, progress=progress) if ds.task == "seg" else _cls_stats(ds)
     rare_names, rule = rare_classes(classes, rare, fraction)
     return Analysis(dataset=str(ds.root), task=ds.task, n_items=len(ds.items), classes=classes, rare=rare_names,
                     rule=rule)
+
+
+def _seg_stats(ds: Dataset, *, progress: bool) -> list[ClassStats]:
+    """Per foreground label value: cases, voxels, millilitres and lesion diameters (every label map read once)."""
+    from scipy import ndimage
+    from tqdm.auto import tqdm
+
+    names = {v: n for v, n in sorted(ds.classes.items()) if v != 0}
+    acc = {v: {"cases": [], "voxels": 0, "volume_ml": 0.0, "lesion_diameters_mm": []} for v in names}
+    for it in tqdm(ds.items, desc="analyse", disable=not progress):
+        lab = read(it.label, kind="label")
+        arr = np.asarray(lab.numpy())
+        vox_ml = float(np.prod(lab.spacing)) / 1000.0
+        counts = np.bincount(arr.ravel().astype(np.int64))
+        for v, s in acc.items():
+            if v < counts.size and counts[v]:
+                s["cases"].append(it.id)
+                s["voxels"] += int(counts[v])
+                s["volume_ml"] += counts[v] * vox_ml
+                comps, _ = ndimage.label(arr == v)
+                sizes = np.bincount(comps.ravel())[1:]
+                s["lesion_diameters_mm"] += [round(float((6 * c * vox_ml * 1000 / np.pi) ** (1 / 3)), 1)
+                                             for c in sizes]
+    return [ClassStats(names[v], v, **s) for v, s in acc.items()]
+
+
+def _cls_stats(ds: Dataset) -> list[ClassStats]:
+    """Per class: the cases labelled with it."""
+    cases: dict[str, list[str]] = {n: [] for _, n in sorted(ds.classes.items())}
+    for it in ds.items:
+        cases[it.class_name].append(it.id)
+    return [ClassStats(n, None, c) for n, c in cases.items()]
 
 
 def rare_classes(classes: list[ClassStats], rare: str | Sequence[str], fraction: float) -> tuple[list[str], str]:
@@ -130,32 +150,15 @@ def format_table(a: Analysis) -> str:
 
 
 def write_analysis(a: Analysis, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-    """``analysis.json`` + ``analysis.png`` (cases per class, rare classes in red)."""
+    """``analysis.json`` + ``analysis.png`` (cases per class, rare classes in red); both are checked
+    before either is written, so a refusal leaves neither half-replaced."""
 
     out = Path(out_dir)
     paths = {"analysis": out / "analysis.json", "chart": out / "analysis.png"}
-    write_text(paths["analysis"], json.dumps(a.to_dict(), indent=1) + "\n", overwrite=overwrite)
+    for p in paths.values():
+        check_writable(p, overwrite=overwrite)
+    write_text(paths["analysis"], dump(a.to_dict()), overwrite=overwrite)
     chart = bar_chart({c.name: [c.n_cases] for c in a.classes}, series=["cases"], highlight=a.rare,
                       title=f"cases per class ({a.n_items} items); rare in red")
     save_png(chart, paths["chart"], overwrite=overwrite)
-    return paths
-
-
-#: The files `write_expansion_summary` writes into the expanded dataset's folder.
-SUMMARY_FILES = ("synthgen_expand.json", "synthgen_expand.png")
-
-
-def write_expansion_summary(a: Analysis, plan_dict: dict, counts: dict[str, int], out_dir: str | Path) -> dict[str, Path]:
-    """``synthgen_expand.json`` (analysis before, plan, cases per class after) and
-    ``synthgen_expand.png`` (cases per class before / after, rare classes in red)."""
-
-    out = Path(out_dir)
-    after = {c.name: c.n_cases + counts.get(c.name, 0) for c in a.classes}
-    paths = {"summary": out / SUMMARY_FILES[0], "chart": out / SUMMARY_FILES[1]}
-    before = {k: v for k, v in a.to_dict().items() if k != "dataset"}  # no path: copies stay identical
-    doc = {"before": before, "plan": plan_dict, "cases_after": after}
-    write_text(paths["summary"], json.dumps(doc, indent=1) + "\n", overwrite=True)
-    chart = bar_chart({c.name: [c.n_cases, after[c.name]] for c in a.classes}, series=["before", "after"],
-                      highlight=a.rare, title=f"cases per class before / after expansion ({a.n_items} real items)")
-    save_png(chart, paths["chart"], overwrite=True)
     return paths

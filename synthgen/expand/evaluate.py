@@ -9,7 +9,9 @@ Three arms, each trained once per seed on the same fixed real split (`synthgen.e
 - ``real+synthetic``: the real training cases plus the synthetic cases whose host scan is a
   training case (a synthetic case built on a validation or test scan is dropped and counted).
 
-Validation and test are real cases only. Segmentation trains a MONAI UNet on patches (two
+Validation and test are real cases only. Every case is brought to canonical orientation first
+(`Case`), so all cases share one voxel-axis order and the left-right flip of training really
+mirrors the patient's left and right. Segmentation trains a MONAI UNet on patches (two
 thirds centred on a foreground voxel of a class the case contains, the class drawn with weight
 1/sqrt(its voxel count in the case, so small structures such as lesions come first) with
 cross-entropy + Dice;
@@ -22,13 +24,12 @@ from the same weights and sees the same random stream, so differences come from 
 
 "Beats by more than the seed spread" means the difference of means is larger than the sum of
 the two arms' standard deviations (sample std over seeds): the mean ± std bars do not overlap.
+`evaluate` returns the findings as an `synthgen.expand.evaluation.Evaluation` (``evaluation.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from pathlib import Path
 
@@ -37,62 +38,53 @@ import numpy as np
 from synthgen.errors import InputError
 from synthgen.expand.analysis import analyse
 from synthgen.expand.dataset import Dataset, Item
-from synthgen.expand.generate import MANIFEST
+from synthgen.expand.evaluation import (
+    ArmResult,
+    CurvePoint,
+    EvalConfig,
+    Evaluation,
+    Metrics,
+    SeedRun,
+    SplitSizes,
+    deltas_and_verdict,
+)
+from synthgen.expand.manifest import read_manifest
 from synthgen.expand.plan import lesion_of_class
 from synthgen.expand.split import fixed_split
-from synthgen.files.atomic import write_text
 from synthgen.io import read, read_pair
+from synthgen.volume import Volume
 
-ARMS = ("real", "weighted", "real+synthetic")
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    """Downstream training settings (configs/evaluate.yaml)."""
-
-    seeds: int = 3
-    arms: list[str] = dataclasses.field(default_factory=lambda: list(ARMS))
-    steps: int = 300
-    batch: int = 4
-    lr: float = 2e-3
-    val_every: int = 50
-    patch: list[int] = dataclasses.field(default_factory=lambda: [32, 32, 32])
-    channels: list[int] = dataclasses.field(default_factory=lambda: [8, 16, 32, 64])
-    foreground_p: float = 0.67
-    norm: str = "batch"
-    spacing: float | None = None  # resample every case to this (mm); None: keep each case's grid
-    size: list[int] = dataclasses.field(default_factory=lambda: [32, 32, 32])  # classification input
-    window: list[float] = dataclasses.field(default_factory=lambda: [-100.0, 250.0])  # HU -> [-1, 1]
-    max_class_weight: float = 30.0
-    split_seed: int = 0
-    rare: str = "auto"  # the classes judged: auto (the expander's rule) or comma-separated names
-
-    def __post_init__(self) -> None:
-        for name in ("seeds", "steps", "batch", "val_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "max_class_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-        if not 0.0 <= self.foreground_p <= 1.0:
-            raise InputError(f"foreground_p must be in [0, 1], got {self.foreground_p!r}")
-        for name in ("patch", "size", "channels"):
-            value = getattr(self, name)
-            if not value or min(value) < 1:
-                raise InputError(f"{name} must be positive integers, got {list(value)}")
-        if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
-            raise InputError(f"spacing must be a finite number of mm > 0 (or null), got {self.spacing!r}")
+#: Units of a case's image: HU mapped through the config's window onto [-1, 1].
+NORMALISED = "HU window -> [-1, 1]"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Case:
+    """One case as the downstream model sees it.
+
+    ``image``: the CT windowed to [-1, 1] (units `NORMALISED`) in canonical orientation
+    (`Volume.to_canonical`: voxel axes as close to R, A, S as the grid allows), so that voxel axis 0
+    runs along the patient's left-right axis in every case and the training flip
+    (`mirror_left_right`) mirrors left and right, whatever the file's voxel order. Segmentation:
+    ``label`` is the label map of class indices (0 background) on the image's grid and ``fg`` the
+    voxel indices of each class present. Classification: ``label`` is the class index and the image
+    is resampled to the network's input size (its affine says where those voxels lie).
+    """
+
     id: str
-    image: np.ndarray  # (D, H, W) float32 in [-1, 1]
-    label: np.ndarray | int  # (D, H, W) int64 class indices (seg) or a class index (cls)
-    fg: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # class -> voxel indices (seg)
-    spacing: tuple[float, ...] = ()  # mm, as trained on
+    image: Volume
+    label: Volume | int
+    fg: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The image array, (I, J, K) float32."""
+        return self.image.numpy()
+
+    @property
+    def target(self) -> np.ndarray | int:
+        """What the model must predict: the (I, J, K) int64 class-index array, or the class index."""
+        return self.label.numpy() if isinstance(self.label, Volume) else self.label
 
 
 # ------------------------------------------------------------------ data
@@ -101,45 +93,48 @@ def _normalise(hu: np.ndarray, window: list[float]) -> np.ndarray:
     return (np.clip(hu, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
-def _load_seg(image: Path, label: Path, lut: np.ndarray, cfg: EvalConfig, cid: str) -> Case:
-    ct, lab = read_pair(image, label)
+def seg_case(ct: Volume, labels: Volume, lut: np.ndarray, cfg: EvalConfig, cid: str) -> Case:
+    """A segmentation case from a CT and its label map (one grid): canonical orientation, resampled
+    to ``cfg.spacing`` if set, label values mapped to class indices by ``lut`` (value -> index)."""
+    ct.check_same_grid(labels, names=(f"{cid} image", f"{cid} label map"))
+    ct, labels = ct.to_canonical(), labels.to_canonical()
     if cfg.spacing:
         ct = ct.resample(cfg.spacing)
-        lab = lab.resample_to(ct)
-    arr = np.asarray(lab.numpy()).astype(np.int64)
+        labels = labels.resample_to(ct)
+    arr = np.asarray(labels.numpy()).astype(np.int64)
     if arr.max() >= lut.size:
-        raise InputError(f"{label}: label value {arr.max()} is not a declared class")
+        raise InputError(f"{cid}: label value {arr.max()} is not a declared class")
     idx = lut[arr]
     fg = {int(c): np.argwhere(idx == c) for c in np.unique(idx) if c > 0}
     img = _normalise(np.asarray(ct.numpy(), np.float32), cfg.window).astype(np.float32)
-    return Case(cid, img, idx, fg, tuple(round(float(x), 3) for x in ct.spacing))
+    return Case(cid, ct.replace(array=img, units=NORMALISED),
+                labels.replace(array=idx, vocab=None, units="class index"), fg)
 
 
-def _load_cls(image: Path, cls: int, cfg: EvalConfig, cid: str) -> Case:
+def cls_case(ct: Volume, cls: int, cfg: EvalConfig, cid: str) -> Case:
+    """A classification case: the whole CT in canonical orientation, windowed and resized
+    (trilinear, ``align_corners=False``) to ``cfg.size``."""
     import torch
 
-
-    ct = read(image)
+    ct = ct.to_canonical()
     x = torch.from_numpy(_normalise(np.asarray(ct.numpy(), np.float32), cfg.window))[None, None]
     x = torch.nn.functional.interpolate(x, size=tuple(cfg.size), mode="trilinear", align_corners=False)
-    return Case(cid, x[0, 0].numpy().astype(np.float32), int(cls))
+    scale = np.asarray(ct.shape, float) / np.asarray(cfg.size, float)
+    resize = np.eye(4)  # voxel n of the resized grid sits at (n + 0.5) * scale - 0.5 of the original
+    resize[:3, :3] = np.diag(scale)
+    resize[:3, 3] = 0.5 * scale - 0.5
+    return Case(cid, ct.replace(array=x[0, 0].numpy().astype(np.float32), affine=ct.affine @ resize,
+                                units=NORMALISED), int(cls))
 
 
-def _synthetic_items(expanded: Path, train_ids: set[str]) -> tuple[list[tuple[str, Path, Path | None, str]], int]:
+def _synthetic_items(expanded: Path, train_ids: set[str]) -> tuple[list[tuple[str, Path, Path, str]], int]:
     """(id, image, label, class) of the manifest's synthetic cases hosted by training scans; dropped count."""
-
-    path = expanded / MANIFEST
-    if not path.exists():
-        raise InputError(f"{expanded}: no {MANIFEST}; run `synthgen expand` first (or leave --expanded out)")
     keep, dropped = [], 0
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("host") is not None and rec["host"] not in train_ids:
+    for line in read_manifest(expanded):
+        if line.host is not None and line.host not in train_ids:
             dropped += 1
             continue
-        o = rec["outputs"]
-        keep.append((rec["name"], expanded / o["image"], expanded / o["label"] if o.get("label") else None,
-                     rec["class"]))
+        keep.append((line.name, expanded / line.outputs.image, expanded / line.outputs.label, line.class_name))
     return keep, dropped
 
 
@@ -169,12 +164,18 @@ def _patch(case: Case, centre: np.ndarray, size: np.ndarray) -> tuple[np.ndarray
     hi = np.minimum(start + size, shape)
     dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
     src = tuple(slice(a, b) for a, b in zip(lo, hi))
-    img[dst] = case.image[src]
-    lab[dst] = case.label[src]
+    img[dst] = case.pixels[src]
+    lab[dst] = case.target[src]
     return img, lab
 
 
-def _case_weights(cases: list[Case], n_classes: int, *, task: str, balanced: bool) -> np.ndarray:
+def mirror_left_right(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A patch of a canonical `Case` (and its labels) mirrored across the patient's sagittal plane:
+    in canonical orientation voxel axis 0 is the left-right axis."""
+    return image[::-1].copy(), label[::-1].copy()
+
+
+def case_weights(cases: list[Case], n_classes: int, *, task: str, balanced: bool) -> np.ndarray:
     """Sampling probability per case: uniform, or by the inverse frequency of its rarest class."""
     if not balanced:
         return np.full(len(cases), 1.0 / len(cases))
@@ -189,7 +190,7 @@ def _class_weights(cases: list[Case], n_classes: int, *, task: str, cap: float) 
     if task == "seg":
         counts = np.zeros(n_classes)
         for c in cases:
-            counts += np.bincount(c.label.ravel(), minlength=n_classes)[:n_classes]
+            counts += np.bincount(c.target.ravel(), minlength=n_classes)[:n_classes]
     else:
         counts = np.bincount([c.label for c in cases], minlength=n_classes).astype(float)
     counts = np.maximum(counts, 1.0)
@@ -197,11 +198,14 @@ def _class_weights(cases: list[Case], n_classes: int, *, task: str, cap: float) 
 
 
 def _batch(cases: list[Case], p: np.ndarray, rng: np.random.Generator, cfg: EvalConfig, task: str):
+    """A training batch drawn with ``rng``: cases by ``p``; segmentation patches centred on a
+    foreground voxel with probability ``cfg.foreground_p`` (small classes first), else anywhere,
+    each mirrored left-right with probability 1/2."""
     import torch
 
     pick = rng.choice(len(cases), size=cfg.batch, p=p)
     if task == "cls":
-        x = np.stack([cases[i].image for i in pick])[:, None]
+        x = np.stack([cases[i].pixels for i in pick])[:, None]
         return torch.from_numpy(x), torch.tensor([cases[i].label for i in pick])
     size = np.asarray(cfg.patch)
     xs, ys = [], []
@@ -215,8 +219,8 @@ def _batch(cases: list[Case], p: np.ndarray, rng: np.random.Generator, cfg: Eval
         else:
             centre = np.array([rng.integers(s) for s in c.image.shape])
         img, lab = _patch(c, centre, size)
-        if rng.random() < 0.5:  # left-right flip
-            img, lab = img[::-1].copy(), lab[::-1].copy()
+        if rng.random() < 0.5:
+            img, lab = mirror_left_right(img, lab)
         xs.append(img)
         ys.append(lab)
     return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys))
@@ -231,7 +235,7 @@ def _predict(net, cases: list[Case], cfg: EvalConfig, task: str) -> list[np.ndar
     out = []
     with torch.no_grad():
         for c in cases:
-            x = torch.from_numpy(c.image)[None, None]
+            x = torch.from_numpy(c.pixels)[None, None]
             if task == "cls":
                 out.append(int(net(x).argmax(1)))
                 continue
@@ -311,31 +315,45 @@ def _val_score(net, val: list[Case], names: list[str], cfg: EvalConfig, task: st
         per = {k: v["recall"] for k, v in m.items()}
     else:
         n = len(names)
-        d = _pooled_dice(sum(_dice_sums(p, c.label, n) for p, c in zip(preds, val)))
+        d = _pooled_dice(sum(_dice_sums(p, c.target, n) for p, c in zip(preds, val)))
         per = {names[k]: float(d[k]) for k in range(1, n)}
     vals = [v for v in per.values() if not np.isnan(v)]
     return (float(np.mean(vals)) if vals else 0.0), per
 
 
 # ------------------------------------------------------------------ training
+def _network(n_classes: int, cfg: EvalConfig, *, task: str, seed: int):
+    """The task's network with its initial weights drawn from ``seed``: the global torch RNG is
+    forked, seeded and restored, so the caller's random state is untouched and arm k with seed s
+    starts from the same weights as every other arm with seed s."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _seg_net(n_classes, cfg) if task == "seg" else _cls_net(n_classes, cfg)
+
+
 def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalConfig, *, task: str, seed: int,
-              balanced: bool, progress: bool = False, desc: str = "") -> tuple[object, list[dict]]:
-    """Train one model; returns (the best-on-validation model, learning curve)."""
+              balanced: bool, progress: bool = False, desc: str = "") -> tuple[object, list[CurvePoint]]:
+    """Train one model; returns (the best-on-validation model, learning curve).
+
+    Randomness is explicit: the initial weights come from ``seed`` (`_network`), the batches from
+    ``numpy.random.default_rng(seed)``; the networks have no dropout, so nothing else is random.
+    """
     import torch
     from monai.losses import DiceLoss
     from tqdm.auto import tqdm
 
     n = len(names)
-    torch.manual_seed(seed)
-    net = _seg_net(n, cfg) if task == "seg" else _cls_net(n, cfg)
+    net = _network(n, cfg, task=task, seed=seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     cw = torch.tensor(_class_weights(train, n, task=task, cap=cfg.max_class_weight), dtype=torch.float32) \
         if balanced else None
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True) if task == "seg" else None
-    p = _case_weights(train, n, task=task, balanced=balanced)
+    p = case_weights(train, n, task=task, balanced=balanced)
     rng = np.random.default_rng(seed)
-    curve: list[dict] = []
+    curve: list[CurvePoint] = []
     best, best_state = -1.0, None
     for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False):
         x, y = _batch(train, p, rng, cfg, task)
@@ -349,164 +367,107 @@ def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalCon
         sched.step()
         if step % cfg.val_every == 0 or step == cfg.steps:
             score, per = _val_score(net, val, names, cfg, task)
-            curve.append({"step": step, "loss": round(float(loss.detach()), 4), "val_mean": round(score, 4),
-                          "val": {k: round(v, 4) for k, v in per.items()}})
+            curve.append(CurvePoint(step=step, loss=round(float(loss.detach()), 4), val_mean=round(score, 4),
+                                    val={k: round(v, 4) for k, v in per.items()}))
             if score > best:
                 best, best_state = score, {k: v.detach().clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
     return net, curve
 
 
-def _summary(per_seed: list[dict]) -> dict:
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for cls in per_seed[0]["metrics"]:
-        out[cls] = {}
-        for m in per_seed[0]["metrics"][cls]:
-            v = np.array([s["metrics"][cls][m] for s in per_seed], float)
-            v = v[~np.isnan(v)]
-            out[cls][m] = {"mean": round(float(v.mean()), 4) if v.size else None,
-                           "std": round(float(v.std(ddof=1)), 4) if v.size > 1 else 0.0}
-    return out
-
-
-def _deltas(arms: dict, rare: list[str]) -> tuple[dict, str]:
-    deltas: dict[str, dict] = {}
-    verdicts = []
-    if "real+synthetic" not in arms:
-        return deltas, "no real+synthetic arm"
-    c = arms["real+synthetic"]["summary"]
-    for other in ("real", "weighted"):
-        if other not in arms:
-            continue
-        o = arms[other]["summary"]
-        key = f"real+synthetic - {other}"
-        deltas[key] = {cls: {m: (round(c[cls][m]["mean"] - o[cls][m]["mean"], 4)
-                                 if c[cls][m]["mean"] is not None and o[cls][m]["mean"] is not None else None)
-                             for m in c[cls]} for cls in c}
-    main = "dice" if any("dice" in v for v in c.values()) else "f1"
-    for cls in rare:
-        if cls not in c:
-            continue
-        beats = []
-        for other in ("real", "weighted"):
-            if other not in arms or c[cls][main]["mean"] is None or arms[other]["summary"][cls][main]["mean"] is None:
-                continue
-            d = c[cls][main]["mean"] - arms[other]["summary"][cls][main]["mean"]
-            spread = c[cls][main]["std"] + arms[other]["summary"][cls][main]["std"]
-            beats.append(f"{'beats' if d > spread else 'does not beat'} {other} "
-                         f"({d:+.3f}, spread {spread:.3f})")
-        verdicts.append(f"{cls} {main}: real+synthetic " + "; ".join(beats))
-    return deltas, ". ".join(verdicts) or "no rare class to judge"
-
-
+# ------------------------------------------------------------------ the evaluation
 def evaluate(ds: Dataset, *, expanded: str | Path | None = None, cfg: EvalConfig | None = None,
-             progress: bool = True) -> dict:
-    """Train every arm with every seed and return the evaluation document (see module doc)."""
-    from tqdm.auto import tqdm
-
-
+             progress: bool = True) -> Evaluation:
+    """Train every arm with every seed on the fixed split and return the `Evaluation` (see module doc)."""
     cfg = cfg or EvalConfig()
     t0 = time.perf_counter()
-    bad = [a for a in cfg.arms if a not in ARMS]
-    if bad:
-        raise InputError(f"unknown arm {bad[0]!r}; arms: {', '.join(ARMS)}")
-    if cfg.seeds < 1:
-        raise InputError("--seeds must be at least 1")
-    task = ds.task
-    values = sorted(ds.classes)
-    names = [ds.classes[v] for v in values]
     a = analyse(ds, rare=cfg.rare)
     split = fixed_split(a, [it.id for it in ds.items], seed=cfg.split_seed)
     if not split["val"] or not split["test"] or not split["train"]:
         raise InputError(f"dataset too small to split into train/val/test ({len(ds.items)} usable items)")
+    names = [ds.classes[v] for v in sorted(ds.classes)]
+    load = _loader(ds, names, cfg)
     by_id = {it.id: it for it in ds.items}
-    if task == "seg":
-        lut = np.zeros(max(values) + 1, np.int64)
-        lut[values] = np.arange(len(values))
-
-        def load(cid, image, label, cls):
-            return _load_seg(image, label, lut, cfg, cid)
-    else:
-        index = {n: k for k, n in enumerate(names)}
-
-        def load(cid, image, label, cls):
-            return _load_cls(image, index[cls], cfg, cid)
-
-    def load_item(it: Item) -> Case:
-        return load(it.id, it.image, it.label, it.class_name)
-
-    parts = {k: [load_item(by_id[i]) for i in tqdm(ids, desc=f"load {k}", disable=not progress, leave=False)]
-             for k, ids in split.items()}
+    parts = {k: _load_all(load, [_entry(by_id[i]) for i in ids], f"load {k}", progress) for k, ids in split.items()}
     synth: list[Case] = []
     dropped = 0
     if "real+synthetic" in cfg.arms:
         root = Path(expanded) if expanded is not None else ds.root
         items, dropped = _synthetic_items(root, set(split["train"]))
-        synth = [load(*x) for x in tqdm(items, desc="load synthetic", disable=not progress, leave=False)]
+        synth = _load_all(load, items, "load synthetic", progress)
         if not synth:
             raise InputError(f"{root}: no synthetic case hosted by a training scan; expand with --hold-out")
-    fg_names = names[1:] if task == "seg" else names
-    arms: dict[str, dict] = {}
-    seeds = list(range(cfg.seeds))
-    runs = [(arm, s) for arm in cfg.arms for s in seeds]
-    bar = tqdm(runs, desc="evaluate", disable=not progress)
+    arms = _train_arms(parts, synth, names, cfg, task=ds.task, progress=progress)
+    deltas, verdict = deltas_and_verdict(arms, a.rare)
+    return Evaluation(task=ds.task, dataset=str(ds.root), expanded=str(expanded) if expanded else None,
+                      resolution=_resolution(parts["train"], cfg, ds.task), seeds=list(range(cfg.seeds)),
+                      classes=names[1:] if ds.task == "seg" else names, rare=a.rare,
+                      split=SplitSizes(train=len(split["train"]), val=len(split["val"]), test=len(split["test"]),
+                                       synthetic=len(synth), synthetic_dropped=dropped, split_seed=cfg.split_seed),
+                      split_ids=split, config=cfg, arms=arms, deltas=deltas, verdict=verdict,
+                      seconds=round(time.perf_counter() - t0, 1))
+
+
+def _entry(it: Item) -> tuple[str, Path, Path | None, str | None]:
+    return it.id, it.image, it.label, it.class_name
+
+
+def _loader(ds: Dataset, names: list[str], cfg: EvalConfig):
+    """``load(id, image, label, class name) -> Case`` for the dataset's task (label values or class
+    names mapped to the indices of ``names``, the classes in value order)."""
+    if ds.task == "seg":
+        values = sorted(ds.classes)
+        lut = np.zeros(max(values) + 1, np.int64)
+        lut[values] = np.arange(len(values))
+
+        def load(cid: str, image: Path, label: Path | None, cls: str | None) -> Case:
+            return seg_case(*read_pair(image, label), lut, cfg, cid)
+    else:
+        index = {n: k for k, n in enumerate(names)}
+
+        def load(cid: str, image: Path, label: Path | None, cls: str | None) -> Case:
+            return cls_case(read(image), index[cls], cfg, cid)
+    return load
+
+
+def _load_all(load, entries: list[tuple], desc: str, progress: bool) -> list[Case]:
+    from tqdm.auto import tqdm
+
+    return [load(*e) for e in tqdm(entries, desc=desc, disable=not progress, leave=False)]
+
+
+def _train_arms(parts: dict[str, list[Case]], synth: list[Case], names: list[str], cfg: EvalConfig, *, task: str,
+                progress: bool) -> dict[str, ArmResult]:
+    """Every arm trained with every seed and scored on the test part."""
+    from tqdm.auto import tqdm
+
+    runs: dict[str, list[SeedRun]] = {}
+    n_train: dict[str, int] = {}
+    bar = tqdm([(arm, s) for arm in cfg.arms for s in range(cfg.seeds)], desc="evaluate", disable=not progress)
     for arm, s in bar:
         bar.set_postfix_str(f"{arm} seed {s}")
         train = parts["train"] + (synth if arm == "real+synthetic" else [])
         net, curve = train_arm(train, parts["val"], names, cfg, task=task, seed=s, balanced=arm == "weighted",
                                progress=progress, desc=f"{arm} s{s}")
         preds = _predict(net, parts["test"], cfg, task)
-        gts = [c.label for c in parts["test"]]
+        gts = [c.target for c in parts["test"]]
         m = seg_metrics(preds, gts, names) if task == "seg" else cls_metrics(preds, gts, names)
-        rec = arms.setdefault(arm, {"n_train": len(train), "per_seed": []})
-        rec["per_seed"].append({"seed": s, "metrics": {k: {q: (round(x, 4) if not np.isnan(x) else None)
-                                                          for q, x in v.items()} for k, v in m.items()},
-                                "curve": curve})
-    for rec in arms.values():
-        rec["summary"] = _summary([{"metrics": {k: {q: (np.nan if x is None else x) for q, x in v.items()}
-                                                for k, v in ps["metrics"].items()}} for ps in rec["per_seed"]])
-    deltas, verdict = _deltas(arms, a.rare)
-    shape = sorted({tuple(c.image.shape) for c in parts["train"]})
-    spacings = sorted({c.spacing for c in parts["train"] if c.spacing})
-    res = ("x".join(f"{x:g}" for x in spacings[0]) + " mm voxels" + (" (and others)" if len(spacings) > 1 else "")
-           if spacings else "native spacing") + \
-        (f", {'x'.join(map(str, cfg.patch))} patches from {'/'.join('x'.join(map(str, s)) for s in shape[:3])} volumes"
-         if task == "seg" else f", whole image at {'x'.join(map(str, cfg.size))}")
-    return {"task": task, "dataset": str(ds.root), "expanded": str(expanded) if expanded else None,
-            "resolution": res, "seeds": seeds, "classes": fg_names, "rare": a.rare,
-            "split": {"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
-                      "synthetic": len(synth), "synthetic_dropped": dropped, "split_seed": cfg.split_seed},
-            "split_ids": split,
-            "config": dataclasses.asdict(cfg), "arms": arms, "deltas": deltas, "verdict": verdict,
-            "seconds": round(time.perf_counter() - t0, 1)}
+        runs.setdefault(arm, []).append(SeedRun(seed=s, metrics=_defined(m), curve=curve))
+        n_train[arm] = len(train)
+    return {arm: ArmResult.of(n_train[arm], r) for arm, r in runs.items()}
 
 
-def format_evaluation(doc: dict) -> str:
-    """The evaluation as a text table: per class and metric, mean ± std per arm."""
-    arms = list(doc["arms"])
-    first = next(iter(doc["arms"].values()))["summary"]
-    sp = doc["split"]
-    head = (f"evaluation ({doc['task']}, {doc['resolution']}; {len(doc['seeds'])} seeds; split train "
-            f"{sp['train']} / val {sp['val']} / test {sp['test']} real, +{sp['synthetic']} synthetic)")
-    lines = [head]
-    head = f"{'class':16s} {'metric':9s} " + " ".join(f"{a:>18s}" for a in arms)
-    lines += [head, "-" * len(head)]
-    for cls in doc["classes"]:
-        for m in first[cls]:
-            cells = []
-            for a in arms:
-                s = doc["arms"][a]["summary"][cls][m]
-                cells.append(f"{'n/a':>18s}" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}".rjust(18))
-            mark = "*" if cls in doc["rare"] else " "
-            lines.append(f"{cls + mark:16s} {m:9s} " + " ".join(cells))
-    lines.append("* rare class")
-    lines.append(f"verdict: {doc['verdict']}")
-    return "\n".join(lines)
+def _defined(metrics: dict[str, dict[str, float]]) -> Metrics:
+    """Metrics rounded to 4 decimals, NaN (undefined) as None."""
+    return {k: {q: (round(x, 4) if not np.isnan(x) else None) for q, x in v.items()} for k, v in metrics.items()}
 
 
-def write_evaluation(doc: dict, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
-    out = Path(out)
-    paths = {"evaluation": out / "evaluation.json", "table": out / "evaluation.txt"}
-    write_text(paths["evaluation"], json.dumps(doc, indent=1) + "\n", overwrite=overwrite)
-    write_text(paths["table"], format_evaluation(doc) + "\n", overwrite=overwrite)
-    return paths
+def _resolution(train: list[Case], cfg: EvalConfig, task: str) -> str:
+    """What the model was trained at, in words: voxel size and patch (segmentation) or input size."""
+    if task != "seg":
+        return f"native spacing, whole image at {'x'.join(map(str, cfg.size))}"
+    shapes = sorted({tuple(c.image.shape) for c in train})
+    spacings = sorted({tuple(round(float(x), 3) for x in c.image.spacing) for c in train})
+    return ("x".join(f"{x:g}" for x in spacings[0]) + " mm voxels" + (" (and others)" if len(spacings) > 1 else "")
+            + f", {'x'.join(map(str, cfg.patch))} patches from {'/'.join('x'.join(map(str, s)) for s in shapes[:3])}"
+            " volumes")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import functools
 import io
 import json
 import os
@@ -43,13 +42,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from synthgen._version import __version__
 from synthgen.errors import InputError, OverwriteError
-from synthgen.expand.analysis import SUMMARY_FILES
 from synthgen.expand.dataset import Dataset
+from synthgen.expand.manifest import MANIFEST, ItemLesion, ItemOutputs, ManifestLine, format_lines
 from synthgen.expand.organs import organ_labels
 from synthgen.expand.plan import Plan, PlanItem
+from synthgen.expand.summary import SUMMARY_FILES
 from synthgen.files.atomic import remove_entry, write_text
 from synthgen.files.safepath import check_parent, inside
 from synthgen.io import read, read_pair, write
@@ -60,7 +61,6 @@ from synthgen.pipelines.latent_ct import TextToCTPipeline
 from synthgen.vocab import Vocabulary
 
 JOURNAL_DIR = ".synthgen_journal"
-MANIFEST = "synthetic_manifest.jsonl"
 
 
 @dataclasses.dataclass
@@ -97,28 +97,30 @@ def _vocab(ds: Dataset):
         Vocabulary.default())
 
 
-#: Lesion record fields every manifest line carries.
-_LESION_KEYS = ("type", "organ", "phase", "center_mm", "diameter_mm", "volume_ml", "mean_hu")
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """Where one item goes: its image and label paths inside the output folder ``root``, and the
+    seed of the plan it belongs to (recorded in its manifest line)."""
+
+    image: Path
+    label: Path
+    root: Path
+    plan_seed: int
 
 
-def _write_item(item: PlanItem, ct, labels, image_out: Path, label_out: Path, *, parameters: dict, inputs: dict,
-                lesion: dict, generator_meta: str = "expand") -> dict:
-    """Write the item's CT and label map (marked synthetic) and return its journal line."""
+def _write_item(item: PlanItem, ct, labels, slot: _Slot, *, parameters: dict, inputs: dict, lesion: dict,
+                generator_meta: str = "expand") -> ManifestLine:
+    """Write the item's CT and label map (marked synthetic) atomically and return its manifest line."""
 
     meta = {"generator": f"synthgen {__version__} {generator_meta}"}
-    write(ct.replace(synthetic=True, meta=meta), image_out, overwrite=True)
-    write(labels.replace(synthetic=True, meta=meta), label_out, overwrite=True)
-    return {
-        "index": item.index, "name": item.name, "class": item.class_name, "generator": item.generator,
-        "generator_version": f"synthgen {__version__}", "seed": item.seed,
-        "parameters": {**parameters, "plan_seed": None},
-        "host": item.host,
-        "inputs": inputs,
-        "outputs": {"image": None, "label": None, "image_sha256": _sha256(image_out),
-                    "label_sha256": _sha256(label_out)},
-        "lesion": {k: v for k, v in lesion.items() if k in _LESION_KEYS},
-        "synthetic": True,
-    }
+    write(ct.replace(synthetic=True, meta=meta), slot.image, overwrite=True)
+    write(labels.replace(synthetic=True, meta=meta), slot.label, overwrite=True)
+    outputs = ItemOutputs(image=str(slot.image.relative_to(slot.root)), label=str(slot.label.relative_to(slot.root)),
+                          image_sha256=_sha256(slot.image), label_sha256=_sha256(slot.label))
+    return ManifestLine(index=item.index, name=item.name, class_name=item.class_name, generator=item.generator,
+                        generator_version=f"synthgen {__version__}", seed=item.seed,
+                        parameters={**parameters, "plan_seed": slot.plan_seed}, host=item.host, inputs=inputs,
+                        outputs=outputs, lesion=ItemLesion.of(lesion))
 
 
 def _insert_parameters(item: PlanItem) -> dict:
@@ -126,14 +128,15 @@ def _insert_parameters(item: PlanItem) -> dict:
             "phase": item.phase}
 
 
-def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
-    """Insert the item's lesion into its host and write both files atomically; returns its journal line."""
+def _generate_item(ds: Dataset, item: PlanItem, slot: _Slot, text_to_ct: TextToCTPipeline | None) -> ManifestLine:
+    """Make the item (lesion into its host, or a whole new case with ``text_to_ct``) and write it into ``slot``."""
 
     if item.generator == "text_to_ct":
-        return _generate_diffusion_item(ds, item, image_out, label_out)
+        assert text_to_ct is not None  # expand() loads it for a plan that has such items
+        return _generate_diffusion_item(ds, item, slot, text_to_ct)
     host = next(it for it in ds.items if it.id == item.host)
     if ds.task == "cls":
-        return _generate_cls_item(ds, item, host, image_out, label_out)
+        return _generate_cls_item(item, host, slot)
     ct, labels = read_pair(host.image, host.label, vocab=_vocab(ds))
     spec = LesionSpec(type=item.lesion_type, organ=item.organ, diameter_mm=item.diameter_mm, seed=item.seed,
                       phase=item.phase)
@@ -144,14 +147,14 @@ def _generate_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path
     lab[np.isin(lab, list(engine_ids))] = value
     src_dtype = np.asarray(labels.numpy()).dtype
     out_labels = res.labels.replace(array=lab.astype(src_dtype), vocab=_vocab(ds))
-    return _write_item(item, res.ct, out_labels, image_out, label_out, parameters=_insert_parameters(item),
+    return _write_item(item, res.ct, out_labels, slot, parameters=_insert_parameters(item),
                        inputs={"image_sha256": _sha256(host.image), "label_sha256": _sha256(host.label)},
                        lesion=dataclasses.asdict(res.lesions[0]))
 
 
-def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label_out: Path) -> dict:
+def _generate_cls_item(item: PlanItem, host, slot: _Slot) -> ManifestLine:
     """Classification set: the host organ is read by the shipped segmenter; the lesion mask is
-    written as ``label_out`` (provenance; the class is the item's)."""
+    written as the item's label file (provenance; the class is the item's)."""
 
     ct = read(host.image)
     organs = organ_labels(ct, item.organ)
@@ -159,15 +162,10 @@ def _generate_cls_item(ds: Dataset, item: PlanItem, host, image_out: Path, label
                       phase=item.phase)
     res = insert_lesions(ct, organs, spec)
     lesion = np.isin(np.asarray(res.labels.numpy()), [r.label_id for r in res.lesions]).astype(np.uint8)
-    return _write_item(item, res.ct, res.labels.replace(array=lesion, vocab=None), image_out, label_out,
+    return _write_item(item, res.ct, res.labels.replace(array=lesion, vocab=None), slot,
                        parameters={**_insert_parameters(item),
                                    "organ_mask": "synthgen organ segmenter (shipped weights)"},
                        inputs={"image_sha256": _sha256(host.image)}, lesion=dataclasses.asdict(res.lesions[0]))
-
-
-@functools.lru_cache(maxsize=1)
-def _text_to_ct():
-    return TextToCTPipeline.from_pretrained()
 
 
 def to_dataset_values(labels, classes: dict[int, str]) -> np.ndarray:
@@ -183,11 +181,11 @@ def to_dataset_values(labels, classes: dict[int, str]) -> np.ndarray:
     return out
 
 
-def _generate_diffusion_item(ds: Dataset, item: PlanItem, image_out: Path, label_out: Path) -> dict:
-    """A whole new case from the item's prompt (label map from the anatomy library, CT by the shipped
-    latent diffusion weights), its labels mapped to the dataset's classes by name."""
-    pipe = _text_to_ct()
-    res = pipe(item.prompt, size=tuple(item.size), spacing=item.spacing_mm, seed=item.seed)
+def _generate_diffusion_item(ds: Dataset, item: PlanItem, slot: _Slot, pipe: TextToCTPipeline) -> ManifestLine:
+    """A whole new case from the item's prompt (label map from the anatomy library, CT by ``pipe``),
+    its labels mapped to the dataset's classes by name."""
+    res = pipe(item.prompt, size=tuple(item.size), spacing=item.spacing_mm,
+               generator=torch.Generator().manual_seed(item.seed))
     lab = to_dataset_values(res.labels, ds.classes)
     value = next(v for v, n in ds.classes.items() if n == item.class_name)
     if not (lab == value).any():
@@ -195,11 +193,11 @@ def _generate_diffusion_item(ds: Dataset, item: PlanItem, image_out: Path, label
     rec = res.record
     parameters = {"prompt": item.prompt, "lesion_type": item.lesion_type, "organ": item.organ,
                   "diameter_mm": item.diameter_mm, "size": list(item.size), "spacing_mm": item.spacing_mm,
-                  **{k: rec.get(k) for k in ("steps", "scheduler", "guidance")}}
-    return _write_item(item, res.ct, res.labels.replace(array=lab, vocab=None), image_out, label_out,
-                       parameters=parameters,
-                       inputs={k: rec.get(k) for k in ("weights", "model_hashes", "label_source")},
-                       lesion=(rec.get("lesions") or [{}])[0], generator_meta="expand text_to_ct")
+                  **{k: rec.parameters[k] for k in ("steps", "scheduler", "guidance")}}
+    inputs = {"weights": rec.parameters["weights"], "model_hashes": {i.name: i.sha256 for i in rec.inputs},
+              "label_source": rec.details["label_source"]}
+    return _write_item(item, res.ct, res.labels.replace(array=lab, vocab=None), slot, parameters=parameters,
+                       inputs=inputs, lesion=rec.details["lesions"][0], generator_meta="expand text_to_ct")
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -223,11 +221,20 @@ def _append(path: Path, rec: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _done(rec: dict, img: Path, lab: Path) -> bool:
-    """Whether ``rec`` journals ``img`` and ``lab`` and both are still there with its hashes."""
-    o = rec.get("outputs") or {}
-    return (img.is_file() and lab.is_file() and _sha256(img) == o.get("image_sha256")
-            and _sha256(lab) == o.get("label_sha256"))
+def _done(line: ManifestLine, img: Path, lab: Path, root: Path) -> bool:
+    """Whether ``line`` journals ``img`` and ``lab`` and both are still there with its hashes."""
+    o = line.outputs
+    return ((o.image, o.label) == (str(img.relative_to(root)), str(lab.relative_to(root)))
+            and img.is_file() and lab.is_file() and _sha256(img) == o.image_sha256 and _sha256(lab) == o.label_sha256)
+
+
+def _journaled(rec: dict, source: Path) -> ManifestLine | None:
+    """The manifest line a journal record holds, or None when it is not one this synthgen reads
+    (the item is then redone, as after a line cut by a kill)."""
+    try:
+        return ManifestLine.from_dict({k: v for k, v in rec.items() if k != "item"}, source=str(source))
+    except InputError:
+        return None
 
 
 @dataclasses.dataclass
@@ -240,7 +247,7 @@ class _Journal:
     A record counts only for the item whose fingerprint (`PlanItem.fingerprint`) it carries.
     """
 
-    done: dict[int, dict]
+    done: dict[int, ManifestLine]
     ours: set[int]
     shared: set[str]
 
@@ -248,7 +255,7 @@ class _Journal:
     def read(cls, root: Path, plan: Plan, targets: dict[int, tuple[Path, Path]]) -> _Journal:
         jdir = root / JOURNAL_DIR
         want = {it.index: (it.name, it.fingerprint(plan.seed)) for it in plan.items}
-        done: dict[int, dict] = {}
+        done: dict[int, ManifestLine] = {}
         ours: set[int] = set()
 
         def mine(rec: dict) -> bool:
@@ -261,11 +268,9 @@ class _Journal:
                 if not mine(r):
                     continue
                 ours.add(r["index"])
-                img, lab = targets[r["index"]]
-                o = r.get("outputs") or {}
-                if (o.get("image"), o.get("label")) == (str(img.relative_to(root)), str(lab.relative_to(root))) \
-                        and _done(r, img, lab):
-                    done[r["index"]] = r
+                line = _journaled(r, p)
+                if line is not None and _done(line, *targets[r["index"]], root):
+                    done[r["index"]] = line
         shared: set[str] = set()
         if (jdir / _SHARED).exists():
             try:
@@ -406,8 +411,12 @@ def _check_outputs(ds: Dataset, plan: Plan, root: Path, *, in_place: bool, overw
 
 
 def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int = 0, world: int = 1,
-           barrier=None, progress: bool = True, overwrite: bool = False) -> ExpandResult:
+           barrier=None, progress: bool = True, overwrite: bool = False,
+           text_to_ct: TextToCTPipeline | None = None) -> ExpandResult:
     """Generate ``plan`` into ``ds`` (or a copy in ``out``); resumable, rank-splittable.
+
+    ``text_to_ct``: the pipeline of the plan's ``text_to_ct`` items (None: the shipped weights,
+    loaded once when this rank has such an item to make).
 
     Everything is checked before anything is written: every path stays inside the output
     folder and passes through no symlinked folder, and no existing file is replaced unless it
@@ -434,6 +443,8 @@ def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int 
     jdir.mkdir(parents=True, exist_ok=True)
     journal_path, started = jdir / f"rank{rank}.jsonl", jdir / f"{_STARTED}{rank}.jsonl"
     written, skipped = [], []
+    if text_to_ct is None and any(it.generator == "text_to_ct" and it.index not in outs.journal.done for it in mine):
+        text_to_ct = TextToCTPipeline.from_pretrained()
     for it in tqdm(mine, desc="expand", disable=not progress):
         if it.index in outs.journal.done:
             skipped.append(it.name)
@@ -443,11 +454,8 @@ def expand(ds: Dataset, plan: Plan, *, out: str | Path | None = None, rank: int 
         _append(started, {"index": it.index, "name": it.name, "item": fp})  # its files are ours from here
         img.parent.mkdir(parents=True, exist_ok=True)
         lab.parent.mkdir(parents=True, exist_ok=True)
-        rec = _generate_item(ds, it, img, lab)
-        rec["parameters"]["plan_seed"] = plan.seed
-        rec["outputs"].update(image=str(img.relative_to(root)), label=str(lab.relative_to(root)))
-        rec["item"] = fp
-        _append(journal_path, rec)
+        line = _generate_item(ds, it, _Slot(image=img, label=lab, root=root, plan_seed=plan.seed), text_to_ct)
+        _append(journal_path, {**line.to_dict(), "item": fp})
         written.append(it.name)
     if barrier is not None:
         barrier()
@@ -469,19 +477,18 @@ def _finish(ds: Dataset, plan: Plan, root: Path, targets: dict[int, tuple[Path, 
     if missing:
         raise InputError(f"{len(missing)} planned item(s) not generated yet (first: index {missing[0]}); "
                          "run the same command again to finish")
-    done = [{k: v for k, v in recs[i].items() if k != "item"} for i in sorted(wanted)]
-    lines = [json.dumps(r, sort_keys=True) for r in done]
-    manifest = write_text(root / MANIFEST, "".join(line + "\n" for line in lines), overwrite=True)
+    done = [recs[i] for i in sorted(wanted)]
+    manifest = write_text(root / MANIFEST, format_lines(done), overwrite=True)
     index = _write_index(ds, done, root, in_place=in_place)
     return manifest, index
 
 
-def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -> Path:
+def _write_index(ds: Dataset, recs: list[ManifestLine], root: Path, *, in_place: bool) -> Path:
     if ds.layout == "nnunet":
         raw = json.loads(json.dumps(ds.raw))
         raw["numTraining"] = len(ds.items) + len(recs)
         if isinstance(raw.get("training"), list):
-            raw["training"] += [{"image": "./" + r["outputs"]["image"], "label": "./" + r["outputs"]["label"]}
+            raw["training"] += [{"image": "./" + r.outputs.image, "label": "./" + r.outputs.label}
                                 for r in recs]
         raw["synthgen"] = {"synthetic_items": len(recs), "manifest": MANIFEST}
         name = "dataset.synthgen.json" if in_place else "dataset.json"
@@ -492,8 +499,8 @@ def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -
         raw = json.loads(json.dumps(ds.raw))
         base = (ds.index_file.parent / raw.get("base_dir", ".")).resolve()
         raw["training"] = list(raw["training"]) + [
-            {"image": os.path.relpath(root / r["outputs"]["image"], base),
-             "label": r["class"] if ds.task == "cls" else os.path.relpath(root / r["outputs"]["label"], base),
+            {"image": os.path.relpath(root / r.outputs.image, base),
+             "label": r.class_name if ds.task == "cls" else os.path.relpath(root / r.outputs.label, base),
              "synthetic": True} for r in recs]
         return write_text(target, json.dumps(raw, indent=1) + "\n", overwrite=True)
     with open(ds.index_file, newline="") as f:
@@ -505,10 +512,10 @@ def _write_index(ds: Dataset, recs: list[dict], root: Path, *, in_place: bool) -
     w = csv.DictWriter(buf, fieldnames=header, restval="")
     cols = {c.strip().lower(): c for c in header}
     for r in recs:
-        image = os.path.relpath(root / r["outputs"]["image"], ds.index_file.parent)
+        image = os.path.relpath(root / r.outputs.image, ds.index_file.parent)
         if ds.task == "cls":
-            w.writerow({cols["image"]: image, cols["label"]: r["class"]})
+            w.writerow({cols["image"]: image, cols["label"]: r.class_name})
         else:
             w.writerow({cols["image"]: image,
-                        cols["mask"]: os.path.relpath(root / r["outputs"]["label"], ds.index_file.parent)})
+                        cols["mask"]: os.path.relpath(root / r.outputs.label, ds.index_file.parent)})
     return write_text(target, buf.getvalue(), overwrite=True)

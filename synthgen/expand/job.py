@@ -8,19 +8,21 @@ and the recipe tasks (``expand``, ``evaluate``) are thin wrappers around them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from synthgen.errors import InputError
-from synthgen.expand.analysis import analyse, format_table, write_analysis, write_expansion_summary
+from synthgen.expand.analysis import analyse, format_table, write_analysis
 from synthgen.expand.dataset import read_dataset
-from synthgen.expand.evaluate import evaluate, format_evaluation, write_evaluation
-from synthgen.expand.generate import MANIFEST, check_out, expand
+from synthgen.expand.evaluate import evaluate
+from synthgen.expand.evaluation import format_evaluation, write_evaluation
+from synthgen.expand.generate import check_out, expand
+from synthgen.expand.manifest import MANIFEST, read_manifest
 from synthgen.expand.plan import Target, make_plan
 from synthgen.expand.report import write_report
 from synthgen.expand.split import training_part
+from synthgen.expand.summary import SUMMARY_FILES, ExpansionSummary, write_expansion_summary
 
 
 @dataclasses.dataclass
@@ -38,6 +40,7 @@ class ExpandSettings:
     dry_run: bool = False
     analyse_only: bool = False
     overwrite: bool = False  # replace files in the output that are not this plan's own journaled outputs
+    # (and, with analyse_only, an existing analysis.json / analysis.png)
 
 
 def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path | None = None,
@@ -58,7 +61,7 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     log(format_table(a))
     out_path = Path(out) if out is not None else None
     if settings.analyse_only:
-        return write_analysis(a, out_path or Path(ds.root), overwrite=True)
+        return write_analysis(a, out_path or Path(ds.root), overwrite=settings.overwrite)
     plan = make_plan(plan_ds, a, Target.parse(settings.target), budget=settings.budget, seed=settings.seed,
                      size_mm=settings.size, generator=settings.generator)
     log(plan.format(a))
@@ -76,7 +79,7 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
                  overwrite=settings.overwrite)
     paths: dict[str, Path] = {"dataset": res.root}
     if rank == 0:
-        summary = write_expansion_summary(a, plan.to_dict(), plan.counts, res.root)
+        summary = write_expansion_summary(ExpansionSummary.of(a, plan), res.root)
         log(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
         paths.update(manifest=res.manifest, index=res.index, **summary)
     return paths
@@ -98,15 +101,14 @@ def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | P
     if "real+synthetic" in cfg.arms and not (root / MANIFEST).exists():
         raise InputError(f"{root}: no {MANIFEST}; run `synthgen expand` first, pass --expanded DIR, "
                          "or leave the real+synthetic arm out (arms=[real,weighted])")
-    doc = evaluate(ds, expanded=expanded, cfg=cfg, progress=progress)
-    log(format_evaluation(doc))
-    paths = write_evaluation(doc, out, overwrite=overwrite)
-    summary_path = root / "synthgen_expand.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    manifest = [json.loads(x) for x in (root / MANIFEST).read_text().splitlines()] \
-        if (root / MANIFEST).exists() else None
+    ev = evaluate(ds, expanded=expanded, cfg=cfg, progress=progress)
+    log(format_evaluation(ev))
+    paths = write_evaluation(ev, out, overwrite=overwrite)
+    summary_path = root / SUMMARY_FILES[0]
+    summary = ExpansionSummary.read(summary_path) if summary_path.exists() else None
+    manifest = read_manifest(root) if (root / MANIFEST).exists() else None
     paths["report"] = write_report(out, title=title or f"synthgen expansion of {Path(ds.root).name}",
-                                   summary=summary, manifest=manifest, root=root, evaluation=doc,
+                                   summary=summary, manifest=manifest, root=root, evaluation=ev,
                                    drr_images=drr_images, overwrite=overwrite)
     log(f"report   {paths['report']}")
     return paths

@@ -14,11 +14,9 @@ import functools
 
 import numpy as np
 
-from synthgen.config import load_config
 from synthgen.errors import InputError
 from synthgen.lesions.spec import organ_family
-from synthgen.models.checkpoint import load_module
-from synthgen.models.segmenter import ORGANS, SegmenterConfig, build_segmenter, segment
+from synthgen.models.segmenter import ORGANS, load_segmenter, segment
 from synthgen.pipelines.latent_ct import default_weights
 from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
@@ -32,8 +30,7 @@ def _segmenter():
     folder = default_weights() / "segmenter"
     if not (folder / "model.safetensors").exists():
         raise InputError(f"{folder}: no organ segmenter shipped; classification sets cannot be expanded")
-    cfg = load_config(SegmenterConfig, paths=[folder / "config.yaml"])
-    return load_module(build_segmenter(cfg), folder / "model.safetensors").eval()
+    return load_segmenter(folder)
 
 
 def _as_las(ct: Volume) -> Volume:

@@ -34,19 +34,19 @@ import hashlib
 import json
 import math
 import re
+from typing import ClassVar
 
 import numpy as np
 
 from synthgen.errors import InputError
 from synthgen.expand.analysis import Analysis
 from synthgen.expand.dataset import Dataset
+from synthgen.expand.documents import Document
 from synthgen.files.safepath import safe_name
 from synthgen.io import read
 from synthgen.lesions.appearance import PHASES, appearance
 from synthgen.lesions.spec import organ_family
 from synthgen.text.prompt import parse_prompt
-
-GENERATORS = ("lesion_insert",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,9 @@ class PlanItem:
     size: tuple[int, int, int] | None = None  # text_to_ct: voxels of the generated case
     spacing_mm: float | None = None  # text_to_ct: isotropic voxel size of the generated case
 
+    #: Keys `Plan.to_dict` computes from the fields (read back, not stored).
+    DERIVED_KEYS: ClassVar[tuple[str, ...]] = ("name",)
+
     @property
     def name(self) -> str:
         return f"synth_{item_stem(self.class_name)}_{self.index:04d}"
@@ -110,8 +113,10 @@ def item_stem(class_name: str) -> str:
                          "labels, or name the rare classes to generate with --rare") from None
 
 
-@dataclasses.dataclass
-class Plan:
+@dataclasses.dataclass(frozen=True)
+class Plan(Document, source="plan", what="a plan"):
+    """The synthetic items an expansion makes; the ``plan`` of ``synthgen_expand.json``."""
+
     target: Target
     counts: dict[str, int]  # synthetic items per rare class
     items: list[PlanItem]

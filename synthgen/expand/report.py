@@ -16,6 +16,7 @@ The page needs no server, no JavaScript and no network: every image is a relativ
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import shutil
@@ -27,6 +28,9 @@ import numpy as np
 
 from synthgen._version import __version__
 from synthgen.errors import InputError, OverwriteError
+from synthgen.expand.evaluation import Evaluation, Stat
+from synthgen.expand.manifest import ManifestLine
+from synthgen.expand.summary import ExpansionSummary
 from synthgen.files.atomic import atomic_dir, write_text
 from synthgen.io import read_pair
 from synthgen.report.charts import bar_chart, histogram, line_chart
@@ -60,10 +64,10 @@ def write_report(
     out_dir: str | Path,
     *,
     title: str,
-    summary: dict | None = None,
-    manifest: list[dict] | None = None,
+    summary: ExpansionSummary | None = None,
+    manifest: list[ManifestLine] | None = None,
     root: str | Path | None = None,
-    evaluation: dict | None = None,
+    evaluation: Evaluation | None = None,
     drr_images: Sequence[str | Path] | None = None,
     max_gallery: int = 6,
     overwrite: bool = False,
@@ -71,16 +75,17 @@ def write_report(
     """Write ``out_dir/report.html`` (and its PNGs in ``out_dir/report_files/``); returns the html path.
 
     Args:
-        summary: content of ``synthgen_expand.json`` (keys ``before``, ``plan``, ``cases_after``).
-        manifest: lines of ``synthetic_manifest.jsonl``; their ``outputs`` paths are relative to ``root``.
+        summary: the expansion summary (``synthgen_expand.json``, `ExpansionSummary.read`).
+        manifest: the synthetic items (``synthetic_manifest.jsonl``, `read_manifest`); their output
+            paths are relative to ``root``.
         root: the expanded dataset folder (needed for the gallery unless ``max_gallery`` is 0).
-        evaluation: content of ``evaluation.json``.
+        evaluation: the downstream evaluation (``evaluation.json``, `Evaluation.read`).
         drr_images: existing PNG files, copied into the report and shown.
         max_gallery: synthetic cases shown in the gallery (round-robin over classes).
         overwrite: replace an existing report; otherwise an existing one is an error.
 
     Raises:
-        InputError: malformed inputs, a missing file, or an existing report without ``overwrite``.
+        InputError: inputs of the wrong type, a missing file, or an existing report without ``overwrite``.
     """
 
     drr = _check_inputs(title, summary, manifest, root, evaluation, drr_images, max_gallery)
@@ -106,20 +111,20 @@ def _check_inputs(title, summary, manifest, root, evaluation, drr_images, max_ga
         raise InputError(f"title must be a string, got {type(title).__name__}")
     if isinstance(max_gallery, bool) or not isinstance(max_gallery, int) or max_gallery < 0:
         raise InputError(f"max_gallery must be an integer >= 0, got {max_gallery!r}")
-    if summary is not None and not (isinstance(summary, dict) and isinstance(summary.get("before"), dict)):
-        keys = sorted(summary) if isinstance(summary, dict) else type(summary).__name__
-        raise InputError(f"summary must be the content of synthgen_expand.json (keys before, plan, cases_after), got {keys}")
+    if summary is not None and not isinstance(summary, ExpansionSummary):
+        raise InputError("summary must be an ExpansionSummary (synthgen_expand.json, read by ExpansionSummary.read), "
+                         f"got {type(summary).__name__}")
     if manifest is not None:
-        if not isinstance(manifest, list) or not all(isinstance(m, dict) for m in manifest):
-            raise InputError("manifest must be a list of dicts (the lines of synthetic_manifest.jsonl)")
-        relative = any(not Path((m.get("outputs") or {}).get("image") or "/").is_absolute() for m in manifest)
+        if not isinstance(manifest, list) or not all(isinstance(m, ManifestLine) for m in manifest):
+            raise InputError("manifest must be a list of ManifestLine (synthetic_manifest.jsonl, read by "
+                             "read_manifest)")
+        relative = any(not Path(m.outputs.image).is_absolute() for m in manifest)
         if max_gallery and manifest and relative and root is None:
             raise InputError("the manifest's image paths are relative to the expanded dataset folder: pass root= "
                              "(or max_gallery=0 for no gallery)")
-    if evaluation is not None and not (isinstance(evaluation, dict) and isinstance(evaluation.get("arms"), dict)
-                                       and all(isinstance(a, dict) for a in evaluation["arms"].values())):
-        keys = sorted(evaluation) if isinstance(evaluation, dict) else type(evaluation).__name__
-        raise InputError(f"evaluation must be the content of evaluation.json (an 'arms' dict of dicts), got {keys}")
+    if evaluation is not None and not isinstance(evaluation, Evaluation):
+        raise InputError("evaluation must be an Evaluation (evaluation.json, read by Evaluation.read), "
+                         f"got {type(evaluation).__name__}")
     drr = [Path(p) for p in drr_images or []]
     for p in drr:
         if not p.is_file():
@@ -173,120 +178,108 @@ def _page(title: str, sections: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ 1. classes
-def _classes_section(summary: dict | None, manifest: list[dict] | None, files: Path) -> str:
+def _classes_section(summary: ExpansionSummary | None, manifest: list[ManifestLine] | None, files: Path) -> str:
     out = ['<h2 id="classes">Classes before / after</h2>']
     if summary is None:
         return "\n".join(out + [_skip("No expansion summary (synthgen_expand.json) given; section skipped.")])
-    before = summary["before"]
-    classes = before.get("classes", [])
-    rare = set(before.get("rare", []))
-    after = summary.get("cases_after", {})
-    out.append(f"<p>{_e(before.get('n_items', '?'))} real items, task <code>{_e(before.get('task', '?'))}</code>; "
-               f"rare rule: {_e(before.get('rule', '?'))}.</p>")
+    before = summary.before
+    rare = set(before.rare)
+    after = summary.cases_after
+    out.append(f"<p>{_e(before.n_items)} real items, task <code>{_e(before.task)}</code>; "
+               f"rare rule: {_e(before.rule)}.</p>")
     rows, marks = [], []
-    for c in classes:
-        n0 = int(c.get("n_cases", len(c.get("cases", []))))
-        n1 = int(after.get(c["name"], n0))
-        d = c.get("lesion_diameters_mm") or []
+    for c in before.classes:
+        n0, n1 = c.n_cases, after[c.name]
+        d = c.lesion_diameters_mm
         size = f"{np.median(d):.0f} ({min(d):.0f}–{max(d):.0f})" if d else "–"
-        rows.append([_name_cell(c["name"], c["name"] in rare), _e(c.get("value", "–")), str(n0), f"+{n1 - n0}",
-                     str(n1), str(len(d)) if d else "–", _e(size), f"{float(c.get('volume_ml', 0)):.1f}"])
-        marks.append(c["name"] in rare)
+        rows.append([_name_cell(c.name, c.name in rare), _e("–" if c.value is None else c.value), str(n0),
+                     f"+{n1 - n0}", str(n1), str(len(d)) if d else "–", _e(size), f"{c.volume_ml:.1f}"])
+        marks.append(c.name in rare)
     out.append(_table(["class", "label", "cases before", "synthetic", "cases after", "real lesions",
                        "diameter mm: median (range)", "volume ml"], rows, marks))
-    chart = bar_chart({c["name"]: [int(c.get("n_cases", len(c.get("cases", [])))),
-                                   int(after.get(c["name"], c.get("n_cases", 0)))] for c in classes},
+    chart = bar_chart({c.name: [c.n_cases, after[c.name]] for c in before.classes},
                       series=["before", "after"], highlight=sorted(rare),
                       title="cases per class before / after expansion (rare classes in red)")
     save_png(chart, files / "classes_before_after.png")
     out.append(f"<figure>{_img('classes_before_after.png', 'cases per class before and after')}"
                "<figcaption>Cases containing each class, before and after expansion.</figcaption></figure>")
     out.append("<h3>Lesion diameters of the rare classes, real vs synthetic</h3>")
-    out += _diameter_figures(classes, rare, summary, manifest, files)
+    out += _diameter_figures(summary, manifest, files)
     return "\n".join(out)
 
 
-def _synthetic_diameters(name: str, summary: dict, manifest: list[dict] | None) -> tuple[list[float], str]:
+def _synthetic_diameters(name: str, summary: ExpansionSummary,
+                         manifest: list[ManifestLine] | None) -> tuple[list[float], str]:
+    """The synthetic lesions' diameters of class ``name``: as inserted (manifest), else as planned."""
     if manifest is not None:
-        ds = []
-        for m in manifest:
-            if m.get("class") == name:
-                d = (m.get("lesion") or {}).get("diameter_mm", (m.get("parameters") or {}).get("diameter_mm"))
-                if d is not None:
-                    ds.append(float(d))
-        return ds, "synthetic"
-    items = (summary.get("plan") or {}).get("items", [])
-    return [float(i["diameter_mm"]) for i in items if i.get("class_name") == name], "synthetic (planned)"
+        return [m.lesion.diameter_mm for m in manifest if m.class_name == name], "synthetic"
+    return [i.diameter_mm for i in summary.plan.items if i.class_name == name], "synthetic (planned)"
 
 
-def _diameter_figures(classes, rare, summary, manifest, files: Path) -> list[str]:
+def _diameter_figures(summary: ExpansionSummary, manifest: list[ManifestLine] | None, files: Path) -> list[str]:
     out = []
-    if summary["before"].get("task") != "seg":
+    before = summary.before
+    if before.task != "seg":
         return [_skip("Classification dataset: no lesion sizes to compare.")]
-    if not rare:
+    if not before.rare:
         return [_skip("No rare class in this dataset.")]
-    for k, c in enumerate(c for c in classes if c["name"] in rare):
-        real = [float(x) for x in c.get("lesion_diameters_mm") or []]
-        synth, label = _synthetic_diameters(c["name"], summary, manifest)
+    for k, c in enumerate(c for c in before.classes if c.name in before.rare):
+        real = c.lesion_diameters_mm
+        synth, label = _synthetic_diameters(c.name, summary, manifest)
         if not real and not synth:
-            out.append(_skip(f"{c['name']}: no real or synthetic lesion sizes recorded."))
+            out.append(_skip(f"{c.name}: no real or synthetic lesion sizes recorded."))
             continue
-        name = f"diameters_{k}_{_slug(c['name'])}.png"
+        name = f"diameters_{k}_{_slug(c.name)}.png"
         save_png(histogram({f"real (n={len(real)})": real, f"{label} (n={len(synth)})": synth},
-                           title=f"{c['name']}: lesion diameter", xlabel="diameter (mm)"), files / name)
+                           title=f"{c.name}: lesion diameter", xlabel="diameter (mm)"), files / name)
         note = "" if manifest is not None else " No manifest given: synthetic sizes are the planned ones."
-        out.append(f"<figure>{_img(name, c['name'] + ' lesion diameters')}<figcaption>{_e(c['name'])}: "
+        out.append(f"<figure>{_img(name, c.name + ' lesion diameters')}<figcaption>{_e(c.name)}: "
                    f"sphere-equivalent diameters of the real lesions vs the synthetic ones.{_e(note)}</figcaption>"
                    "</figure>")
     return out
 
 
 # ------------------------------------------------------------------ 2. plan
-def _plan_section(summary: dict | None) -> str:
+def _plan_section(summary: ExpansionSummary | None) -> str:
     out = ['<h2 id="plan">Plan</h2>']
-    plan = (summary or {}).get("plan")
-    if not plan:
-        return "\n".join(out + [_skip("No plan given (summary missing or without a plan); section skipped.")])
-    t = plan.get("target", {})
-    target = t.get("kind", "?") + ("" if t.get("kind") == "balance" else f"={t.get('value', 0):g}")
-    items = plan.get("items", [])
-    budget = "yes: counts were scaled down to the budget" if plan.get("budget_limited") else "no"
-    out.append(f"<p>Target <code>{_e(target)}</code>, {len(items)} synthetic items, run seed "
-               f"{_e(plan.get('seed', '?'))}; budget-limited: {_e(budget)}.</p>")
-    have = {c["name"]: int(c.get("n_cases", 0)) for c in summary["before"].get("classes", [])}
-    rows = [[_e(k), str(have.get(k, "?")), f"+{v}", str(have.get(k, 0) + v)] for k, v in plan.get("counts", {}).items()]
+    if summary is None:
+        return "\n".join(out + [_skip("No plan given (no expansion summary); section skipped.")])
+    plan = summary.plan
+    t = plan.target
+    target = t.kind + ("" if t.kind == "balance" else f"={t.value:g}")
+    budget = "yes: counts were scaled down to the budget" if plan.budget_limited else "no"
+    out.append(f"<p>Target <code>{_e(target)}</code>, {len(plan.items)} synthetic items, run seed "
+               f"{_e(plan.seed)}; budget-limited: {_e(budget)}.</p>")
+    have = {c.name: c.n_cases for c in summary.before.classes}
+    rows = [[_e(k), str(have[k]), f"+{v}", str(have[k] + v)] for k, v in plan.counts.items()]
     out.append(_table(["rare class", "cases before", "synthetic", "cases after"], rows))
-    if plan.get("notes"):
-        out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in plan["notes"]) + "</ul>")
-    rows = [[_e(i.get("name", "")), _e(i.get("class_name", "")), _e(i.get("generator", "")), _e(i.get("host", "")),
-             f"{float(i.get('diameter_mm', 0)):.1f}", _e(i.get("seed", ""))] for i in items[:PLAN_ROWS]]
+    if plan.notes:
+        out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in plan.notes) + "</ul>")
+    rows = [[_e(i.name), _e(i.class_name), _e(i.generator), _e(i.host), f"{i.diameter_mm:.1f}", _e(i.seed)]
+            for i in plan.items[:PLAN_ROWS]]
     if rows:
         out.append(_table(["item", "class", "generator", "host", "diameter mm", "seed"], rows))
-    if len(items) > PLAN_ROWS:
-        out.append(f"<p>… and {len(items) - PLAN_ROWS} more items (see the summary JSON).</p>")
+    if len(plan.items) > PLAN_ROWS:
+        out.append(f"<p>… and {len(plan.items) - PLAN_ROWS} more items (see the summary JSON).</p>")
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------ 3. gallery
-def _gallery_section(manifest, root, summary, drr: list[Path], max_gallery: int, files: Path) -> str:
+def _gallery_section(manifest: list[ManifestLine] | None, root, summary: ExpansionSummary | None, drr: list[Path],
+                     max_gallery: int, files: Path) -> str:
     out = ['<h2 id="gallery">Gallery</h2>']
     if manifest is None:
         out.append(_skip("No manifest (synthetic_manifest.jsonl) given; no synthetic cases shown."))
     elif not manifest or max_gallery == 0:
         out.append(_skip("No synthetic cases to show (empty manifest or max_gallery=0)."))
     else:
-        values = {c["name"]: c.get("value") for c in ((summary or {}).get("before") or {}).get("classes", [])}
+        values = {c.name: c.value for c in summary.before.classes} if summary is not None else {}
         for k, m in enumerate(_pick(manifest, max_gallery)):
-            name = f"case_{k}_{_slug(m.get('name', k))}.png"
-            save_png(case_montage(m, root, label_value=values.get(m.get("class"))), files / name)
-            les = m.get("lesion") or {}
-            d = les.get("diameter_mm", (m.get("parameters") or {}).get("diameter_mm"))
-            cap = (f"{m.get('name', '?')} — class {m.get('class', '?')}, host {m.get('host', '?')}, "
-                   f"diameter {float(d):.1f} mm, seed {m.get('seed', '?')}" if d is not None else
-                   f"{m.get('name', '?')} — class {m.get('class', '?')}, host {m.get('host', '?')}, "
-                   f"seed {m.get('seed', '?')}")
-            out.append(f"<figure>{_img(name, m.get('name', 'synthetic case'))}<figcaption>{_e(cap)}"
-                       "</figcaption></figure>")
+            name = f"case_{k}_{_slug(m.name)}.png"
+            save_png(case_montage(m, root, label_value=values.get(m.class_name)), files / name)
+            cap = (f"{m.name} — class {m.class_name}, host {m.host}, diameter {m.lesion.diameter_mm:.1f} mm, "
+                   f"seed {m.seed}")
+            out.append(f"<figure>{_img(name, m.name)}<figcaption>{_e(cap)}</figcaption></figure>")
         out.append("<p>Each case: axial | coronal | sagittal through the lesion centre (patient right on the "
                    "image left), every label outlined, the lesion in red. Top: whole slices; bottom: a field of view "
                    "four lesion diameters wide.</p>")
@@ -301,12 +294,12 @@ def _gallery_section(manifest, root, summary, drr: list[Path], max_gallery: int,
     return "\n".join(out)
 
 
-def _pick(manifest: list[dict], n: int) -> list[dict]:
+def _pick(manifest: list[ManifestLine], n: int) -> list[ManifestLine]:
     """Up to ``n`` lines, round-robin over classes (manifest order within a class)."""
-    by_class: dict[str, list[dict]] = {}
+    by_class: dict[str, list[ManifestLine]] = {}
     for m in manifest:
-        by_class.setdefault(str(m.get("class")), []).append(m)
-    out: list[dict] = []
+        by_class.setdefault(m.class_name, []).append(m)
+    out: list[ManifestLine] = []
     queues = list(by_class.values())
     while len(out) < n and any(queues):
         for q in queues:
@@ -333,23 +326,19 @@ def outline_rgb(rgb: np.ndarray, ids: np.ndarray, *, colors: np.ndarray, highlig
     return out
 
 
-def case_montage(line: dict, root: str | Path | None, *, label_value: int | None = None,
+def case_montage(line: ManifestLine, root: str | Path | None, *, label_value: int | None = None,
                  height: int = 220) -> np.ndarray:
     """RGB uint8 montage of one manifest line: axial | coronal | sagittal through the lesion centre, whole
     slices (top row) over a field of view four lesion diameters wide (bottom row); labels outlined."""
 
-    o = line.get("outputs") or {}
-    les = line.get("lesion") or {}
-    if not o.get("image") or not o.get("label") or les.get("center_mm") is None:
-        raise InputError(f"manifest line {line.get('name', '?')!r} lacks outputs.image/label or lesion.center_mm")
     base = Path(root) if root is not None else Path("/")  # absolute paths stay as they are
-    ct, lab = read_pair(base / o["image"], base / o["label"])
+    ct, lab = read_pair(base / line.outputs.image, base / line.outputs.label)
     cct, clab = ct.to_canonical(), lab.to_canonical()
-    centre = np.clip(np.rint(cct.world_to_voxel(les["center_mm"])).astype(int), 0, np.asarray(cct.shape) - 1)
+    les = line.lesion
+    centre = np.clip(np.rint(cct.world_to_voxel(les.center_mm)).astype(int), 0, np.asarray(cct.shape) - 1)
     if label_value is None:
         label_value = int(clab.numpy()[tuple(centre)])
-    win = WINDOWS["lung" if str(les.get("organ", "")).startswith("lung") else "default"]
-    diameter = float(les.get("diameter_mm") or (line.get("parameters") or {}).get("diameter_mm") or 20.0)
+    win = WINDOWS["lung" if les.organ.startswith("lung") else "default"]
     views = list(zip(orthogonal_views(cct, centre), orthogonal_views(clab, centre)))
     n = np.asarray(cct.shape) - 1
     # the centre's (row, col) in each view, after the display flips of `orthogonal_views`
@@ -357,7 +346,7 @@ def case_montage(line: dict, root: str | Path | None, *, label_value: int | None
            (n[2] - centre[2], n[1] - centre[1])]
     colors = label_colors(int(clab.numpy().max()) + 1)
     top = _tile_row(views, None, win, colors, label_value, height)
-    zoom = _tile_row(views, [(rc, [2.0 * diameter / p for p in pix]) for rc, ((_, pix), _) in zip(rcs, views)],
+    zoom = _tile_row(views, [(rc, [2.0 * les.diameter_mm / p for p in pix]) for rc, ((_, pix), _) in zip(rcs, views)],
                      win, colors, label_value, height)
     width = max(top.shape[1], zoom.shape[1])
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in (top, zoom)]
@@ -380,91 +369,76 @@ def _tile_row(views, crops, win, colors, highlight: int, height: int) -> np.ndar
 
 
 # ------------------------------------------------------------------ 4. evaluation
-def _evaluation_section(ev: dict | None, files: Path) -> str:
+def _evaluation_section(ev: Evaluation | None, files: Path) -> str:
     out = ['<h2 id="evaluation">Evaluation</h2>']
     if ev is None:
         return "\n".join(out + [_skip("No evaluation (evaluation.json) given; section skipped.")])
-    arms = ev["arms"]
-    rare = set(ev.get("rare", []))
-    seeds = ev.get("seeds", [])
-    took = f", {float(ev['seconds']):.0f} s" if isinstance(ev.get("seconds"), (int, float)) else ""
-    out.append(f"<p>Task <code>{_e(ev.get('task', '?'))}</code> on <code>{_e(ev.get('dataset', '?'))}</code>, "
-               f"{_e(ev.get('resolution', 'resolution not recorded'))}; {len(seeds)} seeds "
-               f"({_e(', '.join(str(s) for s in seeds))}){_e(took)}.</p>")
-    split = ev.get("split") or {}
-    if split:
-        out.append(_table(["split", *split], [["items", *(_e(v) for v in split.values())]]))
-    out.append(_table(["arm", *arms], [["training items", *(_e(a.get("n_train", "?")) for a in arms.values())]]))
-    summaries = {name: a.get("summary") or {} for name, a in arms.items()}
-    classes = list(ev.get("classes") or [])
-    classes += [c for s in summaries.values() for c in s if c not in classes]
-    metrics = list(dict.fromkeys(m for s in summaries.values() for c in s.values() for m in c))
+    rare = set(ev.rare)
+    out.append(f"<p>Task <code>{_e(ev.task)}</code> on <code>{_e(ev.dataset)}</code>, {_e(ev.resolution)}; "
+               f"{len(ev.seeds)} seeds ({_e(', '.join(str(s) for s in ev.seeds))}), {ev.seconds:.0f} s.</p>")
+    split = dataclasses.asdict(ev.split)
+    out.append(_table(["split", *split], [["items", *(_e(v) for v in split.values())]]))
+    out.append(_table(["arm", *ev.arms], [["training items", *(_e(a.n_train) for a in ev.arms.values())]]))
+    metrics = list(dict.fromkeys(m for a in ev.arms.values() for c in a.summary.values() for m in c))
     for metric in metrics:
         out.append(f"<h3>{_e(metric)} (mean ± std over seeds; best arm in bold)</h3>")
         rows = []
-        for c in classes:
-            cells = [summaries[a].get(c, {}).get(metric) for a in arms]
-            means = [x["mean"] for x in cells if x and x.get("mean") is not None]
+        for c in ev.classes:
+            cells = [a.summary.get(c, {}).get(metric) for a in ev.arms.values()]  # organs have Dice only
+            means = [x.mean for x in cells if x is not None and x.mean is not None]
             rows.append([_name_cell(c, c in rare), *(_stat_cell(x, best=bool(means) and x is not None
-                                                                and x.get("mean") == max(means)) for x in cells)])
-        out.append(_table(["class", *arms], rows, [c in rare for c in classes]))
+                                                                and x.mean == max(means)) for x in cells)])
+        out.append(_table(["class", *ev.arms], rows, [c in rare for c in ev.classes]))
     out.append(_deltas(ev, rare))
     out += _curves(ev, files)
     return "\n".join(out)
 
 
-def _stat_cell(x: dict | None, *, best: bool) -> str:
-    if not x or x.get("mean") is None:
+def _stat_cell(x: Stat | None, *, best: bool) -> str:
+    if x is None or x.mean is None:
         return "–"
-    text = f"{float(x['mean']):.3f} ± {float(x.get('std') or 0):.3f}"
+    text = f"{x.mean:.3f} ± {x.std:.3f}"
     return f"<b>{_e(text)}</b>" if best else _e(text)
 
 
-def _deltas(ev: dict, rare: set[str]) -> str:
-    deltas = ev.get("deltas") or {}
+def _deltas(ev: Evaluation, rare: set[str]) -> str:
     out = ["<h3>Differences between arms (means over seeds)</h3>"]
-    if not deltas:
-        out.append(_skip("No deltas recorded."))
+    if not ev.deltas:
+        out.append(_skip("No deltas: the evaluation has no real+synthetic arm or nothing to compare it with."))
     else:
-        metrics = list(dict.fromkeys(m for d in deltas.values() for c in d.values() for m in c))
+        metrics = list(dict.fromkeys(m for d in ev.deltas.values() for c in d.values() for m in c))
         rows, marks = [], []
-        for comp, per_class in deltas.items():
+        for comp, per_class in ev.deltas.items():
             for c, vals in per_class.items():
                 cells = []
                 for m in metrics:
-                    v = vals.get(m)
+                    v = vals.get(m)  # organs have Dice only
                     cells.append("–" if v is None else f'<span class="{"pos" if v > 0 else "neg" if v < 0 else ""}">'
-                                 f"{float(v):+.3f}</span>")
+                                 f"{v:+.3f}</span>")
                 rows.append([_e(comp), _name_cell(c, c in rare), *cells])
                 marks.append(c in rare)
         out.append(_table(["comparison", "class", *metrics], rows, marks))
-    if ev.get("verdict"):
-        out.append(f'<p class="verdict"><b>Verdict:</b> {_e(ev["verdict"])}</p>')
+    out.append(f'<p class="verdict"><b>Verdict:</b> {_e(ev.verdict)}</p>')
     return "\n".join(out)
 
 
-def _curves(ev: dict, files: Path) -> list[str]:
+def _curves(ev: Evaluation, files: Path) -> list[str]:
+    """Per rare class (else the last class) the validation score over training steps, per arm and seed."""
     out = ["<h3>Validation learning curves</h3>"]
-    classes = list(ev.get("rare") or []) or list(ev.get("classes") or [])[-1:]
+    metric = {"seg": "dice", "cls": "recall"}[ev.task]
     drawn = False
-    for k, c in enumerate(classes):
-        series, metric = {}, None
-        for arm, a in ev["arms"].items():
-            for run in a.get("per_seed", []):
-                pts = []
-                for p in run.get("curve") or []:
-                    key = _curve_key(p, c)
-                    if key is not None:
-                        pts.append((float(p["step"]), float(p[key][c])))
-                        metric = metric or (key[4:] if key.startswith("val_") else
-                                            {"seg": "dice", "cls": "recall"}.get(ev.get("task"), "score"))
+    for k, c in enumerate(ev.rare or ev.classes[-1:]):
+        series = {}
+        for arm, a in ev.arms.items():
+            for run in a.per_seed:
+                pts = [(float(p.step), p.val[c]) for p in run.curve if np.isfinite(p.val.get(c, np.nan))]
                 if pts:
                     series.setdefault(arm, []).append(pts)
         if not series:
             continue
         name = f"curve_{k}_{_slug(c)}.png"
-        save_png(line_chart(series, title=f"validation {metric} of {c}", xlabel="training step",
-                            ylabel=f"{metric}"), files / name)
+        save_png(line_chart(series, title=f"validation {metric} of {c}", xlabel="training step", ylabel=metric),
+                 files / name)
         out.append(f"<figure>{_img(name, 'learning curve ' + c)}<figcaption>Validation {_e(metric)} of "
                    f"{_e(c)} during training: thin lines one per seed, thick line the mean over seeds."
                    "</figcaption></figure>")
@@ -472,14 +446,3 @@ def _curves(ev: dict, files: Path) -> list[str]:
     if not drawn:
         out.append(_skip("No learning curves recorded for the rare classes."))
     return out
-
-
-def _curve_key(point: dict, cls: str) -> str | None:
-    """The key of a curve point's per-class validation scores holding a finite value for ``cls``:
-    ``val_dice``, else ``val`` (the task's main metric), else any other ``val_*`` dict."""
-    keys = ["val_dice", "val"] + sorted(k for k in point if k.startswith("val_") and k != "val_dice")
-    for k in keys:
-        v = point.get(k)
-        if isinstance(v, dict) and isinstance(v.get(cls), (int, float)) and np.isfinite(v[cls]) and "step" in point:
-            return k
-    return None

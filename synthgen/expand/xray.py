@@ -43,7 +43,7 @@ from synthgen.errors import InputError, OverwriteError
 from synthgen.expand.dataset import Dataset, Item, read_dataset
 from synthgen.files.atomic import write_text
 from synthgen.io import read_pair
-from synthgen.io.record import make_record, sha256_file, write_record
+from synthgen.io.record import Record, sha256_file, write_json
 from synthgen.report.montage import save_png
 from synthgen.vocab import Vocabulary
 
@@ -289,7 +289,9 @@ def _write_preview(tiles: list[np.ndarray], per_row: int, path: Path, *, overwri
 
 
 def _write_dataset_json(ds: Dataset, cfg: XRayDatasetConfig, n_images: int, path: Path, *, overwrite: bool) -> Path:
-    record = make_record(GENERATOR, parameters=dataclasses.asdict(cfg), seed=cfg.seed)
+    """nnU-Net's ``dataset.json`` with a ``synthgen`` block: the run's provenance (a `Record`'s
+    generator, version, time and parameters, under nnU-Net-compatible keys) and the source."""
+    record = Record.create(GENERATOR, parameters=dataclasses.asdict(cfg), seed=cfg.seed)
     meta = {
         "channel_names": {"0": "X-ray"},
         "labels": {name: value for value, name in sorted(ds.classes.items())},
@@ -307,12 +309,12 @@ def _write_dataset_json(ds: Dataset, cfg: XRayDatasetConfig, n_images: int, path
             "overlap_rule": OVERLAP_RULE,
             "manifest": "synthetic_manifest.jsonl",
             "generator": GENERATOR,
-            "synthgen_version": record["synthgen_version"],
-            "created_utc": record["created_utc"],
-            "config": record["parameters"],
+            "synthgen_version": record.synthgen_version,
+            "created_utc": record.created_utc,
+            "config": record.parameters,
         },
     }
-    return write_record(meta, path, overwrite=overwrite)
+    return write_json(meta, path, overwrite=overwrite)
 
 
 __all__ = ["OVERLAP_RULE", "XRayDatasetConfig", "XRayDatasetOutput", "compose_labels", "xray_dataset"]

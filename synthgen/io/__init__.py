@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 
 from synthgen.errors import GridMismatchError, InputError
-from synthgen.io.dicom import read_dicom, write_dicom_multiframe, write_dicom_series
+from synthgen.io.dicom import read_dicom
+from synthgen.io.dicom_write import write_dicom_multiframe, write_dicom_series
 from synthgen.io.itkio import read_itk, write_itk
 from synthgen.io.nifti import read_nifti, write_nifti
 from synthgen.vocab import Vocabulary

@@ -30,19 +30,20 @@ from pydicom.multival import MultiValue
 from synthgen._version import __version__
 from synthgen.errors import InputError
 from synthgen.files.atomic import atomic_path
-from synthgen.io.dicom import (
+from synthgen.io.dicom_common import (
     CORRUPT_ERRORS,
     DECODER_ERRORS,
-    DERIVED_MARK,
     LPS_TO_RAS,
     PRIVATE_CREATOR,
     PRIVATE_GROUP,
     SEGMENTATION_STORAGE,
-    SYNTHETIC_MARK,
+    add_synthgen_block,
     decode_error,
     frame_sources,
+    is_synthetic,
     lookup_tag,
     lps_geometry,
+    mark_of,
     one_line_error,
     ras_affine,
     read_dicom_file,
@@ -95,7 +96,7 @@ def write_dicom_seg(labels: Volume, path: str | os.PathLike, *, series_dir: Path
     vocab = labels.vocab
     descriptions = [_segment_description(hd, n, vocab.name(i) if vocab else f"label_{i}", i, labels)
                     for n, i in enumerate(ids, start=1)]
-    mark = SYNTHETIC_MARK if labels.synthetic is True else DERIVED_MARK
+    mark = mark_of(labels)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=np.ascontiguousarray(numbers.transpose(2, 1, 0)),  # (frames = k, rows = j, columns = i)
@@ -115,10 +116,7 @@ def write_dicom_seg(labels: Volume, path: str | os.PathLike, *, series_dir: Path
     seg.SeriesDescription = f"{mark} label map"
     for n, item in enumerate(seg.SegmentSequence):
         item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True).add_new(_SEGMENT_ID, "UL", ids[n])
-    block = seg.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    block.add_new(0x01, "LO", mark)
-    block.add_new(0x02, "LO", "label")
-    block.add_new(0x03, "LO", "id")
+    block = add_synthgen_block(seg, mark, "label", "id")
     block.add_new(_GRID_SHAPE, "UL", list(labels.shape))
     block.add_new(_GRID_AFFINE, "FD", [float(v) for v in np.asarray(labels.affine, dtype=np.float64).ravel()])
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -266,9 +264,7 @@ def _seg_volume(ds: Dataset, path: Path) -> Volume:
         "segments": len(segments),
         "overlapping_voxels": overlap,
     }
-    synthetic = (mark or {}).get("mark") == SYNTHETIC_MARK or (
-        mark is None and str(ds.get("SeriesDescription", "")).upper().startswith(SYNTHETIC_MARK)
-    )
+    synthetic = is_synthetic(mark, [ds])
     return Volume(out, affine, "label", "id", source=str(path), synthetic=synthetic, vocab=vocab, meta=meta)
 
 

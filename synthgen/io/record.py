@@ -19,6 +19,7 @@ from typing import Any
 from synthgen._version import __version__
 from synthgen.errors import InputError
 from synthgen.files.atomic import write_text
+from synthgen.files.jsonfile import read_json
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -79,13 +80,17 @@ class Record:
                details: Mapping[str, Any] | None = None, synthetic: bool = True) -> Record:
         """A record of a run now; ``inputs`` given as paths are hashed here."""
         return cls(generator=generator, parameters=_jsonable(dict(parameters or {})),
-                   seed=None if seed is None else int(seed),
-                   inputs=tuple(i if isinstance(i, InputRef) else InputRef.of(i) for i in inputs),
+                   seed=None if seed is None else int(seed), inputs=_input_refs(inputs),
                    outputs=tuple(Path(o).name for o in outputs), details=_jsonable(dict(details or {})),
                    synthetic=bool(synthetic))
 
     def with_outputs(self, outputs: Iterable[str | os.PathLike]) -> Record:
+        """This record naming ``outputs`` (file or folder names) as what was written."""
         return dataclasses.replace(self, outputs=tuple(Path(o).name for o in outputs))
+
+    def with_inputs(self, inputs: Iterable[str | os.PathLike | InputRef]) -> Record:
+        """This record with ``inputs`` (paths are hashed here) added after its own."""
+        return dataclasses.replace(self, inputs=self.inputs + _input_refs(inputs))
 
     def with_details(self, **details: Any) -> Record:
         return dataclasses.replace(self, details={**self.details, **_jsonable(details)})
@@ -126,14 +131,7 @@ class Record:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Record:
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{p}: no such record") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{p}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=str(p))
+        return cls.from_dict(read_json(path, what="a synthgen provenance record"), source=str(path))
 
 
 def make_record(
@@ -162,6 +160,10 @@ def write_record(record: Record | Mapping[str, Any], path: str | os.PathLike, *,
     if isinstance(record, Record):
         return record.write(path, overwrite=overwrite)
     return write_json(dict(record), path, overwrite=overwrite)
+
+
+def _input_refs(inputs: Iterable[str | os.PathLike | InputRef]) -> tuple[InputRef, ...]:
+    return tuple(i if isinstance(i, InputRef) else InputRef.of(i) for i in inputs)
 
 
 def _jsonable(x: Any) -> Any:

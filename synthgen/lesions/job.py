@@ -8,13 +8,16 @@ from pathlib import Path
 
 from synthgen.files.atomic import check_writable, write_text
 from synthgen.files.safepath import safe_name
-from synthgen.io.record import make_record
+from synthgen.io.record import Record
 from synthgen.lesions.insert import InsertResult, insert_lesions
 from synthgen.lesions.spec import LesionSpec
-from synthgen.outputs import write_case
+from synthgen.outputs import case_paths, write_case
 from synthgen.report.lesion_preview import lesion_rows
 from synthgen.report.montage import save_png
 from synthgen.volume import Volume
+
+#: The ``generator`` of the insertion's record.
+GENERATOR = "synthgen.lesion.insert"
 
 
 def specs_yaml(specs: list[LesionSpec]) -> str:
@@ -40,24 +43,26 @@ def run(
     stem: str = "lesions",
 ) -> tuple[InsertResult, dict[str, Path]]:
     """Insert ``specs`` into the scan and write ``<stem>_ct.nii.gz``, ``<stem>_labels.nii.gz``,
-    ``<stem>.json`` (provenance with the hashes of ``inputs`` + one record per lesion), ``<stem>.yaml``
-    (the specs) and, with ``preview``, ``<stem>_preview.png`` (axial/coronal/sagittal through each
-    lesion, outlined). Nothing is written when the request fails."""
+    ``<stem>.json`` (provenance: the specs as parameters, the hashes of ``inputs``, the contrast
+    phase and one entry per lesion in details), ``<stem>.yaml`` (the specs) and, with ``preview``,
+    ``<stem>_preview.png`` (axial/coronal/sagittal through each lesion, outlined). Nothing is
+    written when the request fails."""
 
     out = Path(out_dir)
     extra = {"specs": out / f"{safe_name(stem, what='file name stem')}.yaml"}
     if preview:
         extra["preview"] = out / f"{stem}_preview.png"
-    for p in [*extra.values(), out / f"{stem}_ct.nii.gz", out / f"{stem}_labels.nii.gz", out / f"{stem}.json"]:
+    for p in [*extra.values(), *case_paths(out, stem, preview=False).values()]:
         check_writable(p, overwrite=overwrite)
     result = insert_lesions(ct, labels, specs)
-    record = make_record(
-        "synthgen.lesion.insert",
-        parameters={"specs": [dataclasses.asdict(s) for s in specs], "phase": result.phase, "phase_info": result.phase_info},
+    record = Record.create(
+        GENERATOR,
+        parameters={"specs": [dataclasses.asdict(s) for s in specs]},
         seed=specs[0].seed,
-        inputs=list(inputs),
+        inputs=inputs,
+        details={"phase": result.phase, "phase_info": result.phase_info,
+                 "lesions": [dataclasses.asdict(r) for r in result.lesions]},
     )
-    record["lesions"] = [dataclasses.asdict(r) for r in result.lesions]
     paths = write_case(out, stem, ct=result.ct, labels=result.labels, record=record, preview=False, overwrite=overwrite)
     paths["specs"] = write_text(extra["specs"], specs_yaml(specs), overwrite=overwrite)
     if preview:

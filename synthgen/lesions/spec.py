@@ -11,10 +11,9 @@ import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from synthgen.config import read_yaml
+from synthgen.config import read_yaml, shipped_path
 from synthgen.errors import InputError, did_you_mean
 from synthgen.lesions.appearance import LESION_TYPES
 from synthgen.lesions.appearance import ORGANS as ORGAN_FAMILIES  # organ families of the appearance table
@@ -176,9 +175,12 @@ def _location(value: Any) -> str | tuple[float, float, float]:
 
 
 def load_specs(path: str | os.PathLike) -> list[LesionSpec]:
-    """Read specs from YAML: a list of specs, or ``{lesions: [...]}``."""
+    """Read specs from YAML: a list of specs, or ``{lesions: [...]}``.
 
-    p = Path(path)
+    ``configs/NAME.yaml`` missing from the working folder is the copy shipped with synthgen
+    (`synthgen.config.shipped_path`), so ``--spec configs/lesions_abdomen.yaml`` works anywhere.
+    """
+    p = shipped_path(path)
     if not p.is_file():
         raise InputError(f"{p}: spec file not found")
     data = read_yaml(p)  # binary data, YAML errors (with their line): one InputError line

@@ -5,9 +5,10 @@
 ``LoadImaged`` + ``EnsureChannelFirstd`` produce them, it inserts the configured
 lesions with probability ``prob`` and a seed drawn from the transform's own random
 state (so ``set_random_state`` / MONAI's ``set_determinism`` make it reproducible).
-The voxel->world affine comes from the MetaTensor (MONAI's default: RAS+ mm); a
-plain tensor or array needs ``data[f"{image_key}_affine"]``. The inserted lesions'
-records go to ``data["lesions"]``.
+Each key's voxel->world affine comes from its MetaTensor (MONAI's default: RAS+ mm); a
+plain tensor or array needs ``data[f"{key}_affine"]``. Image and labels must share one
+grid (shape and affine): labels on another grid are an error, never re-gridded. The
+inserted lesions' records go to ``data["lesions"]``.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ class RandLesiond(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        image_key, label_key = self.keys
+        ct = Volume(_spatial(d[image_key], image_key), _affine(d, image_key))
+        labels = Volume(_spatial(d[label_key], label_key), _affine(d, label_key), kind="label", vocab=self.vocab)
+        ct.check_same_grid(labels, names=(f"{image_key!r} image", f"{label_key!r} labels"))  # whatever the draw
         self.randomize()
         if not self._apply:
             d.setdefault("lesions", [])
             return d
-        image_key, label_key = self.keys
-        affine = _affine(d, image_key)
-        ct = Volume(_spatial(d[image_key], image_key), affine)
-        labels = Volume(_spatial(d[label_key], label_key), affine, kind="label", vocab=self.vocab)
         specs = [dataclasses.replace(s, seed=self._seed + i) for i, s in enumerate(self.specs)]
         result = insert_lesions(ct, labels, specs)
         d[image_key] = _like(d[image_key], result.ct.numpy())

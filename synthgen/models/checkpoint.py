@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,24 +32,35 @@ def save_module(module: torch.nn.Module, path: str | os.PathLike, *, metadata: d
 
 
 def load_module(module: torch.nn.Module, path: str | os.PathLike, *, strict: bool = True) -> torch.nn.Module:
+    """Load the safetensors file ``path`` into ``module``. With ``strict``, weights that do not fit
+    are one `InputError` naming the missing and unexpected keys and the mismatched shapes."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"weights file not found: {p}")
     state = load_file(str(p))
-    try:
-        module.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise InputError(f"{p}: weights do not fit the model built from its config ({first})") from None
+    if strict:
+        problems = state_mismatch(module.state_dict(), state)
+        if problems:
+            raise InputError(f"{p}: weights do not fit the model built from its config ({problems})")
+    module.load_state_dict(state, strict=strict)
     return module
 
 
-def file_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], *,
+                   show: int = 4) -> str:
+    """What keeps ``given`` from loading strictly into a module whose state is ``expected``: its
+    missing and unexpected keys and the shapes that differ (at most ``show`` of each); "" if none."""
+    def listed(what: str, items: list[str]) -> str:
+        more = f" and {len(items) - show} more" if len(items) > show else ""
+        return f"{len(items)} {what}: {', '.join(items[:show])}{more}"
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(expected) & set(given))
+              if given[k].shape != expected[k].shape]
+    parts = [listed(w, x) for w, x in (("missing", missing), ("unexpected", unexpected),
+                                        ("of another shape (file vs model)", shapes)) if x]
+    return "; ".join(parts)
 
 
 def state_hash(module: torch.nn.Module) -> str:

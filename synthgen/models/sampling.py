@@ -1,43 +1,106 @@
-"""The reverse diffusion loop shared by training previews and the pipelines.
+"""The reverse diffusion loop shared by training previews and the pipelines, and its schedulers.
 
 The model generates the latent *residual* around the encoded prior image ``zp``
 (`synthgen.models.conditioning.Prior`): ``z = zp + r / scale``. Classifier-free guidance
 runs the conditional and unconditional passes as one batch of two.
+
+Schedulers are diffusers' own objects: `SCHEDULERS` names the ones synthgen samples with and
+holds, in one place, the settings each is built with; `make_scheduler` builds one on a training
+noise schedule, `switch_scheduler` another kind on the noise schedule of a given one. The loop
+(`sample_latent`) takes a scheduler object and never builds one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 
+from synthgen.errors import InputError
 from synthgen.models.conditioning import one_hot
 
-SCHEDULERS = ("ddim", "dpm")
+SchedulerName = Literal["ddim", "dpm"]
 
 
-def make_scheduler(diffusion: Any, kind: str = "ddim"):
-    """A diffusers sampling scheduler matching the training noise schedule."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+@dataclasses.dataclass(frozen=True)
+class SchedulerSpec:
+    """A diffusers scheduler class (by name: diffusers is imported only when one is built) and
+    the sampling settings synthgen gives it on top of the training noise schedule."""
 
-    common = {"num_train_timesteps": diffusion.train_timesteps, "beta_start": diffusion.beta_start,
-                  "beta_end": diffusion.beta_end, "beta_schedule": "scaled_linear", "prediction_type": diffusion.prediction}
-    if kind == "ddim":
-        return DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", **common)
-    if kind == "dpm":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing="trailing", **common)
-    raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+    class_name: str
+    settings: Mapping[str, Any]
+
+
+#: Name -> the diffusers sampling scheduler and its settings; the one place both are written.
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": True,
+                                            "timestep_spacing": "trailing"}),
+    "dpm": SchedulerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                         "timestep_spacing": "trailing"}),
+}
+
+
+def check_scheduler_name(name: Any) -> str:
+    """``name`` if it is a key of `SCHEDULERS`, else a one-line `InputError` listing them."""
+    if not isinstance(name, str) or name not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    return name
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers class of `SCHEDULERS`\\ [name]."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[check_scheduler_name(name)].class_name)
+
+
+def accepted_settings(cls: type) -> frozenset[str]:
+    """The config keys a diffusers scheduler class takes (its constructor's arguments)."""
+    return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def scheduler_name(scheduler: Any) -> str:
+    """The `SCHEDULERS` name of a scheduler object (its class name when it is none of them)."""
+    cls = type(scheduler).__name__
+    return next((n for n, s in SCHEDULERS.items() if s.class_name == cls), cls)
+
+
+def make_scheduler(diffusion: Any, name: SchedulerName):
+    """A diffusers sampling scheduler on a training noise schedule (a `DiffusionConfig`)."""
+    noise = {"num_train_timesteps": diffusion.train_timesteps, "beta_start": diffusion.beta_start,
+             "beta_end": diffusion.beta_end, "beta_schedule": "scaled_linear",
+             "prediction_type": diffusion.prediction}
+    return scheduler_class(name)(**noise, **SCHEDULERS[name].settings)
+
+
+def switch_scheduler(scheduler: Any, name: SchedulerName | None = None):
+    """A new scheduler on ``scheduler``'s noise schedule: of kind ``name`` with its `SCHEDULERS`
+    settings, or (None) a fresh copy of ``scheduler`` itself. ``scheduler`` is not changed.
+
+    Only the config keys the new class accepts are carried over (a DDIM-only key such as
+    ``clip_sample`` means nothing to DPM-Solver), so nothing is silently ignored.
+    """
+    if name is None:
+        return type(scheduler).from_config(scheduler.config)
+    cls = scheduler_class(name)
+    shared = {k: v for k, v in scheduler.config.items() if k in accepted_settings(cls)}
+    return cls.from_config({**shared, **SCHEDULERS[name].settings})
 
 
 @torch.no_grad()
-def sample_latent(unet, encoder, controlnet, *, zp: torch.Tensor, channels: torch.Tensor, tokens: dict,
-                  spacing: torch.Tensor, scale: float, diffusion: Any, steps: int = 30, guidance: float = 1.0,
-                  scheduler: str = "ddim", generator: torch.Generator | None = None,
-                  known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                  progress: bool = False) -> torch.Tensor:
+def sample_latent(unet, encoder, controlnet, *, scheduler: Any, zp: torch.Tensor, channels: torch.Tensor,
+                  tokens: dict, spacing: torch.Tensor, scale: float, steps: int, guidance: float = 1.0,
+                  generator: torch.Generator | None = None, known: torch.Tensor | None = None,
+                  known_mask: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Sample a latent ``(1, C, d, h, w)``; ``zp`` is the prior latent, ``channels`` the label
     channel indices at image size ``(1, D, H, W)`` (used by the ControlNet, if given).
+
+    ``scheduler``: a diffusers scheduler of its own (schedulers keep state between steps; this
+    calls its ``set_timesteps``). ``generator``: a CPU generator; the noise is drawn on the CPU
+    and moved to the device, so a seed gives the same volume on every device.
 
     Inpainting: with ``known`` (a latent) and ``known_mask`` (1 where the latent is known, at latent
     size), the known part is re-imposed at every step at the current noise level.
@@ -45,10 +108,9 @@ def sample_latent(unet, encoder, controlnet, *, zp: torch.Tensor, channels: torc
     from tqdm.auto import tqdm
 
     dev = zp.device
-    sched = make_scheduler(diffusion, scheduler)
-    sched.set_timesteps(steps)
+    scheduler.set_timesteps(steps)
     r = torch.randn(zp.shape, generator=generator).to(dev)
-    r = r * sched.init_noise_sigma
+    r = r * scheduler.init_noise_sigma
     cfg = guidance != 1.0
     toks = {k: v.to(dev) for k, v in tokens.items()}
     sp = spacing.to(dev)
@@ -63,9 +125,9 @@ def sample_latent(unet, encoder, controlnet, *, zp: torch.Tensor, channels: torc
     if cond is not None and cfg:
         cond = torch.cat([cond, cond])
     known_r = (known - zp) * scale if known is not None else None
-    for t in tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False):
+    for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
         x = torch.cat([r, r]) if cfg else r
-        x = sched.scale_model_input(x, t)
+        x = scheduler.scale_model_input(x, t)
         tt = torch.full((x.shape[0],), int(t), device=dev, dtype=torch.long)
         kw = {}
         if controlnet is not None:
@@ -75,12 +137,12 @@ def sample_latent(unet, encoder, controlnet, *, zp: torch.Tensor, channels: torc
         if cfg:
             c, u = out.chunk(2)
             out = u + guidance * (c - u)
-        r = sched.step(out, t, r).prev_sample
+        r = scheduler.step(out, t, r).prev_sample
         if known_r is not None:
-            idx = (sched.timesteps == t).nonzero()
-            nxt = sched.timesteps[idx + 1] if idx + 1 < len(sched.timesteps) else None
+            idx = (scheduler.timesteps == t).nonzero()
+            nxt = scheduler.timesteps[idx + 1] if idx + 1 < len(scheduler.timesteps) else None
             noisy = (known_r if nxt is None else
-                     sched.add_noise(known_r, torch.randn(known_r.shape, generator=generator).to(dev),
-                                     nxt.reshape(1)))
+                     scheduler.add_noise(known_r, torch.randn(known_r.shape, generator=generator).to(dev),
+                                         nxt.reshape(1)))
             r = known_mask * noisy + (1 - known_mask) * r
     return zp + r / scale

@@ -6,10 +6,13 @@ label map puts them? MONAI's 3-D UNet, trained on the real scans of the training
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from synthgen.config import load_config
+from synthgen.models.checkpoint import load_module
 from synthgen.models.hu import hu_to_model
 from synthgen.vocab import Vocabulary
 
@@ -28,6 +31,14 @@ def build_segmenter(cfg: SegmenterConfig) -> torch.nn.Module:
 
     return UNet(spatial_dims=3, in_channels=1, out_channels=len(ORGANS) + 1, channels=tuple(cfg.channels),
                 strides=(2,) * (len(cfg.channels) - 1), num_res_units=cfg.num_res_units)
+
+
+def load_segmenter(folder: Path, cfg: SegmenterConfig | None = None) -> torch.nn.Module:
+    """The segmenter saved in ``folder`` (``config.yaml`` + ``model.safetensors``), in eval mode;
+    ``cfg``: its config when already read. A missing file is a one-line `InputError`."""
+    if cfg is None:
+        cfg = load_config(SegmenterConfig, paths=[folder / "config.yaml"])
+    return load_module(build_segmenter(cfg), folder / "model.safetensors").eval()
 
 
 def organ_targets(labels_default_ids: np.ndarray) -> np.ndarray:

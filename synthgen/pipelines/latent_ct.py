@@ -1,23 +1,24 @@
-"""Sampling pipelines of the latent diffusion stack: mask -> CT, text -> CT, lesion inpainting.
+"""Sampling pipelines of the latent diffusion stack on the diffusers contract: mask -> CT,
+text -> CT, lesion inpainting.
 
-A pipeline folder (written by `synthgen train`, or by `save_pretrained`) holds::
-
-    pipeline.json          diffusion schedule, latent scale, VAE factor, training spacings
-    prior.json             per-structure mean intensity (`synthgen.models.conditioning.Prior`)
-    vae/ unet/ text_encoder/ controlnet/    config.yaml + model.safetensors each
-    training_thumbnails.safetensors         for the memorisation check
+A pipeline is its components (vae, unet, text_encoder, controlnet, scheduler, segmenter, plus
+the prior, the settings, the training thumbnails and the weight files' hashes), passed to its
+constructor and listed by `LatentCTPipeline.components`, so ``MaskToCTPipeline(**pipe.components)``
+converts one pipeline into another; `from_pretrained` / `save_pretrained` read and write them all
+(`synthgen.pipelines.folder`). Each ``__call__`` validates every argument first
+(`LatentCTPipeline.check_inputs`, one-line `InputError`s), draws all its randomness from
+``generator=`` (a CPU `torch.Generator`; None: seeded 0) and returns a frozen `CTPipelineOutput`.
 
 Generation: label map -> prior image ``P`` (each structure its training mean) -> VAE latent
 ``zp``; the diffusion UNet (+ ControlNet on the grouped one-hot labels, cross-attention on the
 spec tokens) samples the residual ``r``; ``z = zp + r / scale`` is decoded (tiled when large),
-corrected by the VAE's own error on the prior (``+ P - decode(zp)``) and mapped back to HU. Every output is marked synthetic and comes with its label map and a record
-(prompt, spec, seed, steps, scheduler, guidance, model hashes).
+corrected by the VAE's own error on the prior (``+ P - decode(zp)``) and mapped back to HU. Every
+output is marked synthetic and comes with its label map and a `Record`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -29,91 +30,91 @@ import torch
 
 from synthgen._assets import asset_path
 from synthgen._version import __version__
-from synthgen.anatomy.ops import bounding_box
-from synthgen.config import load_config, save_config
-from synthgen.errors import InputError
 from synthgen.fidelity import check
-from synthgen.files.atomic import atomic_dir
-from synthgen.lesions.appearance import correlated_noise, estimate_noise
+from synthgen.io.record import Record
 from synthgen.lesions.spec import organ_family
-from synthgen.library import MAX_SIZE, label_map_for
-from synthgen.memory import format_gib, memory_shortfall
-from synthgen.models.checkpoint import file_hash, load_module, save_module
+from synthgen.library import label_map_for
 from synthgen.models.conditioning import Prior, channel_index
 from synthgen.models.hu import hu_to_model, model_to_hu
-from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, build_controlnet, build_unet, build_vae
-from synthgen.models.sampling import SCHEDULERS, sample_latent
-from synthgen.models.segmenter import SegmenterConfig, build_segmenter
-from synthgen.models.text_encoder import SpecEncoder, collate, spec_to_indices
+from synthgen.models.sampling import (
+    SchedulerName,
+    check_scheduler_name,
+    sample_latent,
+    scheduler_name,
+    switch_scheduler,
+)
+from synthgen.models.text_encoder import collate, spec_to_indices
+from synthgen.pipelines.folder import (
+    PipelineSettings,
+    TrainingThumbnails,
+    WeightFiles,
+    load_components,
+    save_components,
+)
+from synthgen.pipelines.inpaint import (
+    InpaintBox,
+    blend,
+    check_inpaint_inputs,
+    latent_known_mask,
+    model_grid,
+    with_host_noise,
+)
+from synthgen.pipelines.inputs import (
+    check_flag,
+    check_generator,
+    check_guidance,
+    check_label_map,
+    check_library_spacing,
+    check_prompt,
+    check_size,
+    check_steps,
+    check_tile,
+)
 from synthgen.text.prompt import PromptSpec, parse_prompt
 from synthgen.vocab import Vocabulary
-from synthgen.volume import Volume, as_spacing_mm
+from synthgen.volume import Volume
 
+#: The defaults of every pipeline signature (and of the CLI and configs that call them).
+DEFAULT_SIZE = (96, 96, 96)
+DEFAULT_SPACING_MM = 4.0
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 2.0
+#: The scheduler registered for a weights folder that ships none (the shipped weights, training runs).
+DEFAULT_SCHEDULER: SchedulerName = "ddim"
 DEFAULT_WEIGHTS = "weights/ct-cpu"
-#: Latent voxels above which the VAE decodes in tiles (memory stays bounded).
+#: Latent voxels above which the VAE decodes in tiles of `DECODE_TILE`^3 (memory stays bounded).
 TILE_ABOVE = 32**3
+DECODE_TILE = 24
+#: What `LatentCTPipeline.components` lists: the constructor's arguments but ``device``.
+COMPONENTS = ("vae", "unet", "text_encoder", "controlnet", "scheduler", "segmenter", "prior", "settings",
+              "thumbnails", "weights")
+_UNSET: Any = object()  # check_inputs: an argument the calling pipeline does not have
 
 
-#: Voxel sizes (mm) a generation accepts at all; the weights' training range narrows it further.
-SPACING_RANGE_MM = (0.1, 20.0)
-#: Classifier-free guidance scales accepted (0: unconditional on the prompt, 1: none).
-GUIDANCE_RANGE = (0.0, 30.0)
-#: The library's label maps are cut from a torso box of about 380 x 300 x 340 mm, built at the
-#: requested spacing with ~20 bytes per voxel (`synthgen.library`).
-LIBRARY_BOX_MM3 = 380.0 * 300.0 * 340.0
-LIBRARY_BYTES_PER_VOXEL = 20
+@dataclasses.dataclass(frozen=True)
+class CTPipelineOutput:
+    """A pipeline's result: the CT (HU), its label map on the same grid, and the provenance
+    (parameters, seed, the weights by hash; ``details``: seconds, warnings, lesions...)."""
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _mm(sp: np.ndarray) -> str:
-    """``"4"`` for an isotropic spacing, else ``"0.7 x 0.7 x 2.5"``."""
-    return f"{sp[0]:g}" if np.all(sp == sp[0]) else " x ".join(f"{s:g}" for s in sp)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
-
-
-@dataclasses.dataclass
-class GenerationResult:
     ct: Volume
     labels: Volume
-    record: dict
+    record: Record
 
 
 def default_weights() -> Path:
     return asset_path(*DEFAULT_WEIGHTS.split("/"))
 
 
-def _read_yaml(path: Path, schema):
-    return load_config(schema, paths=[path])
-
-
-def _folder_settings(folder: Path) -> dict:
-    """pipeline.json, or the equivalent read from a training run folder."""
-    p = folder / "pipeline.json"
-    if p.exists():
-        try:
-            settings = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{p}: not valid JSON ({e}); is {folder} a synthgen pipeline folder?") from e
-        if not isinstance(settings, dict):
-            raise InputError(f"{p}: expected a JSON object of pipeline settings, got {type(settings).__name__}")
-        return settings
-    run_cfg, lat = folder / "train_config.yaml", folder / "latent.json"
-    if run_cfg.exists() and lat.exists():
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(OmegaConf.load(run_cfg))
-        d = cfg.get("diffusion", {})
-        return {"diffusion": {k: d[k] for k in ("train_timesteps", "beta_start", "beta_end", "prediction") if k in d},
-                "scale": json.loads(lat.read_text())["scale"],
-                "spacings": cfg.get("data", {}).get("spacings", [3.0, 4.0, 5.0])}
-    raise InputError(f"{folder}: not a synthgen pipeline folder (no pipeline.json, nor a training run's "
-                     "train_config.yaml + latent.json)")
+def resolve_generator(generator: torch.Generator | None) -> tuple[torch.Generator, list[str]]:
+    """The generator a call draws from (None: seeded 0), and a warning if it had drawn numbers
+    before: the seed it records (``initial_seed()``) alone then does not reproduce the output."""
+    if generator is None:
+        return torch.Generator().manual_seed(0), []
+    seed = generator.initial_seed()
+    if torch.equal(generator.get_state(), torch.Generator().manual_seed(seed).get_state()):
+        return generator, []
+    warning = f"the generator had drawn numbers before this call: seed {seed} alone does not reproduce this output"
+    return generator, [warning]
 
 
 def tiled_decode(vae: torch.nn.Module, z: torch.Tensor, *, tile: int | None = None, overlap: float = 0.25,
@@ -128,275 +129,8 @@ def tiled_decode(vae: torch.nn.Module, z: torch.Tensor, *, tile: int | None = No
                                     overlap=overlap, mode="gaussian", progress=progress)
 
 
-class MaskToCTPipeline:
-    """Label map (+ optional prompt) -> CT in HU on the label map's grid."""
-
-    def __init__(self, vae, unet, encoder, controlnet, prior: Prior, settings: dict, *, vae_config: VAEConfig,
-                 unet_config: UNetConfig, folder: Path | None = None,
-                 device: str | torch.device | None = None) -> None:
-        self.vae_config, self.unet_config = vae_config, unet_config
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.vae, self.unet, self.encoder = vae.to(self.device).eval(), unet.to(self.device).eval(), \
-            encoder.to(self.device).eval()
-        self.controlnet = controlnet.to(self.device).eval() if controlnet is not None else None
-        self.prior = prior
-        self.settings = settings
-        self.diffusion = DiffusionConfig(**settings["diffusion"])
-        self.scale = float(settings["scale"])
-        self.folder = folder
-        self.factor = 2 ** (len(self.vae_config.channels) - 1)
-        self.multiple = self.factor * 2 ** (len(self.unet_config.channels) - 1)
-        self._thumbs: tuple | None = None
-        self.segmenter: torch.nn.Module | None = None  # the fidelity check's organ segmenter, if shipped
-
-    # ----------------------------------------------------------------- loading / saving
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike | None = None, *, device=None) -> MaskToCTPipeline:
-        """Load a pipeline folder (None: the shipped default weights)."""
-        folder = Path(folder) if folder is not None else default_weights()
-        if not folder.is_dir():
-            raise InputError(f"weights folder not found: {folder} (train one with `synthgen train`, "
-                             "see README, or leave --weights out for the shipped default)")
-        settings = _folder_settings(folder)
-        vae_cfg = _read_yaml(_need(folder / "vae" / "config.yaml"), VAEConfig)
-        unet_cfg = _read_yaml(_need(folder / "unet" / "config.yaml"), UNetConfig)
-        lc = vae_cfg.latent_channels
-        vae = load_module(build_vae(vae_cfg), _need(folder / "vae" / "model.safetensors"))
-        unet = load_module(build_unet(unet_cfg, lc), _need(folder / "unet" / "model.safetensors"))
-        enc = load_module(SpecEncoder(unet_cfg.context_dim), _need(folder / "text_encoder" / "model.safetensors"))
-        cn = None
-        if (folder / "controlnet" / "model.safetensors").exists():
-            cn = load_module(build_controlnet(unet_cfg, lc), folder / "controlnet" / "model.safetensors")
-        prior = Prior.from_mapping(json.loads(_need(folder / "prior.json").read_text()))
-        seg = None
-        if (folder / "segmenter" / "model.safetensors").exists():
-
-            seg_cfg = _read_yaml(folder / "segmenter" / "config.yaml", SegmenterConfig)
-            seg = load_module(build_segmenter(seg_cfg), folder / "segmenter" / "model.safetensors").eval()
-            seg.config = seg_cfg
-        pipe = cls(vae, unet, enc, cn, prior, settings, vae_config=vae_cfg, unet_config=unet_cfg, folder=folder,
-                   device=device)
-        pipe.segmenter = seg
-        return pipe
-
-    def save_pretrained(self, folder: str | os.PathLike, *, half: bool = False, overwrite: bool = False) -> Path:
-        """Write the pipeline folder (``half``: weights stored as float16, loaded back as float32)."""
-
-        with atomic_dir(folder, overwrite=overwrite) as tmp:
-            parts = {"vae": (self.vae, self.vae_config), "unet": (self.unet, self.unet_config),
-                     "text_encoder": (self.encoder, {"dim": self.encoder.dim}),
-                     "controlnet": (self.controlnet, self.unet_config),
-                     "segmenter": (self.segmenter, getattr(self.segmenter, "config", None))}
-            for name, (module, cfg) in parts.items():
-                if module is None:
-                    continue
-                (tmp / name).mkdir()
-                save_module(module, tmp / name / "model.safetensors", half=half)
-                save_config(cfg, tmp / name / "config.yaml", overwrite=True)
-            (tmp / "prior.json").write_text(self.prior.to_json())
-            (tmp / "pipeline.json").write_text(json.dumps({**self.settings, "synthgen": __version__}, indent=1))
-            if self.folder is not None and (self.folder / "training_thumbnails.safetensors").exists():
-                import shutil
-
-                shutil.copyfile(self.folder / "training_thumbnails.safetensors",
-                                tmp / "training_thumbnails.safetensors")
-        return Path(folder)
-
-    def model_hashes(self) -> dict[str, str]:
-        if self.folder is None:
-            return {}
-        return {c: file_hash(p)[:16] for c in ("vae", "unet", "text_encoder", "controlnet", "segmenter")
-                if (p := self.folder / c / "model.safetensors").exists()}
-
-    def training_thumbnails(self) -> tuple[np.ndarray | None, list[str] | None]:
-        if self._thumbs is None:
-            p = self.folder / "training_thumbnails.safetensors" if self.folder else None
-            if p is None or not p.exists():
-                self._thumbs = (None, None)
-            else:
-                from safetensors import safe_open
-
-                with safe_open(str(p), framework="np") as f:
-                    self._thumbs = (f.get_tensor("thumbnails").astype(np.float32),
-                                    json.loads(f.metadata()["sources"]))
-        return self._thumbs
-
-    def check(self, ct: Volume, labels: Volume, *, phase: str | None = None) -> dict:
-        """`synthgen.fidelity.check` with these weights' training thumbnails and organ segmenter."""
-
-        thumbs, sources = self.training_thumbnails()
-        return check(ct, labels, phase=phase, training=thumbs, training_sources=sources, segmenter=self.segmenter)
-
-    # ----------------------------------------------------------------- generation
-    def check_inputs(self, *, steps: Any, guidance: Any, scheduler: Any, seed: Any, spacing: Any = None,
-                     size: Any = None) -> None:
-        """Raise `InputError` for any generation option out of range, before any work is done.
-
-        ``steps``: an integer in 1..1000. ``guidance``: a finite number in `GUIDANCE_RANGE`;
-        0 ignores the prompt (unconditional text tokens), 1 is the conditional model without
-        classifier-free guidance, above 1 follows the prompt more strongly. ``seed``: an
-        integer >= 0. ``spacing`` (mm, one number or three): finite, in `SPACING_RANGE_MM` and
-        within these weights' training range. ``size``: 3 integers, 16 to
-        `synthgen.library.MAX_SIZE` voxels.
-        """
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if not _is_int(steps) or not 1 <= steps <= 1000:
-            raise InputError(f"steps must be an integer in 1..1000, got {steps!r}")
-        lo, hi = GUIDANCE_RANGE
-        if not _is_real(guidance) or not lo <= guidance <= hi:
-            raise InputError(f"guidance must be a finite number in [{lo:g}, {hi:g}] (0: ignore the prompt, "
-                             f"1: no guidance), got {guidance!r}")
-        if not _is_int(seed) or seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-        if spacing is not None:
-            self._check_spacing(spacing)
-        if size is not None:
-
-            try:
-                dims = tuple(size) if np.ndim(size) else (size,) * 3
-            except TypeError:
-                dims = (size,)
-            if len(dims) != 3 or not all(_is_int(n) and 16 <= n <= MAX_SIZE for n in dims):
-                raise InputError(f"size must be 3 integers between 16 and {MAX_SIZE} voxels, got {size!r}")
-
-    def _check_spacing(self, spacing: Any, *, what: str = "spacing") -> np.ndarray:
-        sp = as_spacing_mm(spacing, name=what)
-        lo, hi = SPACING_RANGE_MM
-        if (sp < lo).any() or (sp > hi).any():
-            raise InputError(f"{what} must be in {lo:g}-{hi:g} mm, got {_mm(sp)} mm")
-        self._check_trained_spacing(sp, what=what)
-        need = LIBRARY_BOX_MM3 / float(np.prod(sp)) * LIBRARY_BYTES_PER_VOXEL  # the label map is built on this box
-        short = memory_shortfall(need)
-        if short:
-            raise InputError(f"{what} {_mm(sp)} mm: building the label map would need "
-                             f"about {format_gib(need)}, {short}")
-        return sp
-
-    def _check_trained_spacing(self, sp: np.ndarray, *, what: str) -> None:
-        lo, hi = min(self.settings.get("spacings", [3.0])), max(self.settings.get("spacings", [5.0]))
-        if (sp < lo * 0.75).any() or (sp > hi * 1.25).any():
-            raise InputError(
-                f"{what} {' x '.join(f'{s:.2f}' for s in sp)} mm is outside what these weights "
-                f"were trained on ({lo:g}-{hi:g} mm); resample it (e.g. `--spacing 4`)")
-
-    def check_labels(self, labels: Volume) -> None:
-        if not isinstance(labels, Volume) or labels.kind != "label":
-            raise InputError("the conditioning label map must be a label Volume (kind='label')")
-        self._check_trained_spacing(np.asarray(labels.spacing), what="label map spacing")
-        if max(labels.shape) > 512:
-            raise InputError(f"label map of {labels.shape} voxels is too large for one generation (max 512 per axis)")
-
-    @torch.no_grad()
-    def __call__(self, labels: Volume, prompt: Any = None, *, steps: int = 30, guidance: float = 2.0,
-                 seed: int = 0, scheduler: str = "ddim", tile: int | None = None, prior_correction: bool = True,
-                 progress: bool = False) -> GenerationResult:
-        """Generate a CT for ``labels`` (a label Volume); ``prompt`` is text, a PromptSpec or None.
-
-        ``prior_correction``: add the VAE's reconstruction error of the prior image back to the
-        decoded image, i.e. ``CT = prior + decode(zp + r) - decode(zp)``: the structure boundaries
-        are exactly the label map's, whatever the VAE blurs; the model contributes the texture and
-        the variation inside and across structures.
-        """
-
-        self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed)
-        self.check_labels(labels)
-        spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-        if spec is not None and not isinstance(spec, PromptSpec):
-            raise InputError(f"prompt must be text or a PromptSpec, got {type(prompt).__name__}")
-        t0 = time.perf_counter()
-        m = self.multiple
-        shape = labels.shape
-        padded_shape = [math.ceil(n / m) * m for n in shape]
-        lab = np.zeros(padded_shape, dtype=np.asarray(labels.numpy()).dtype)
-        lab[: shape[0], : shape[1], : shape[2]] = labels.numpy()
-        lab_vol = labels.replace(array=lab)
-        prior_img = torch.from_numpy(self.prior.image(lab_vol))[None, None].to(self.device)
-        zp = self.vae.encode(prior_img)[0]
-        channels = torch.from_numpy(channel_index(lab_vol))[None]
-        tokens = collate([spec_to_indices(spec)])
-        spacing = torch.tensor(labels.spacing, dtype=torch.float32)[None]
-        gen = torch.Generator().manual_seed(int(seed))
-        z = sample_latent(self.unet, self.encoder, self.controlnet, zp=zp, channels=channels, tokens=tokens,
-                          spacing=spacing, scale=self.scale, diffusion=self.diffusion, steps=int(steps),
-                          guidance=float(guidance), scheduler=scheduler, generator=gen, progress=progress)
-        if tile is None and np.prod(z.shape[2:]) > TILE_ABOVE:
-            tile = 24
-        y = tiled_decode(self.vae, z, tile=tile, progress=progress)
-        if prior_correction:  # add back the VAE's reconstruction error of the prior image
-            y = y + prior_img - tiled_decode(self.vae, zp, tile=tile)
-        hu = model_to_hu(y[0, 0, : shape[0], : shape[1], : shape[2]].float().cpu().numpy())
-        ct = Volume(np.rint(hu).astype(np.int16), labels.affine, kind="intensity", units="HU", modality="CT",
-                    source="synthgen latent diffusion", synthetic=True,
-                    meta={"generator": f"synthgen {__version__} MaskToCTPipeline"})
-        record = {
-            "generator": f"synthgen {__version__}", "pipeline": type(self).__name__,
-            "prompt": spec.text if spec is not None else None, "spec": spec.to_dict() if spec is not None else None,
-            "seed": int(seed), "steps": int(steps), "scheduler": scheduler, "guidance": float(guidance),
-            "shape": list(shape), "spacing_mm": [round(float(s), 4) for s in labels.spacing],
-            "weights": str(self.folder) if self.folder else None, "model_hashes": self.model_hashes(),
-            "controlnet": self.controlnet is not None, "tiled_decode": tile, "prior_correction": prior_correction,
-            "seconds": None, "synthetic": True,
-        }
-        record["seconds"] = round(time.perf_counter() - t0, 2)
-        out_labels = labels.replace(synthetic=True, source="synthgen label map")
-        return GenerationResult(ct=ct, labels=out_labels, record=record)
-
-
-def _need(p: Path) -> Path:
-    if not p.exists():
-        raise InputError(f"{p}: missing from the weights folder (an incomplete training run or export?)")
-    return p
-
-
-class TextToCTPipeline(MaskToCTPipeline):
-    """Prompt -> PromptSpec -> label map (library + deformation + lesions) -> CT."""
-
-    @torch.no_grad()
-    def __call__(self, prompt: str, *, labels: Volume | None = None, size=(96, 96, 96), spacing: float = 4.0,
-                 steps: int = 30, guidance: float = 2.0, seed: int = 0, scheduler: str = "ddim",
-                 tile: int | None = None, prior_correction: bool = True, progress: bool = False) -> GenerationResult:
-        built = labels is None  # size and spacing are those of the label map built here (else unused)
-        self.check_inputs(steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
-                          spacing=spacing if built else None, size=size if built else None)
-        spec = parse_prompt(prompt)
-        lesions: list[dict] = []
-        source = "user label map"
-        warnings = list(spec.warnings)
-        if labels is not None:
-            warnings += _findings_missing(spec, labels)
-        else:
-            built = label_map_for(spec, size=size, spacing=spacing, seed=seed)
-            labels, lesions, source = built.labels, built.lesions, built.source
-        res = super().__call__(labels, spec, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                               tile=tile, prior_correction=prior_correction, progress=progress)
-        res.record.update(pipeline=type(self).__name__, label_source=source, lesions=lesions, warnings=warnings)
-        return res
-
-
-def _with_host_noise(gen: np.ndarray, hu: np.ndarray, lab: np.ndarray, lesion: np.ndarray, spacing,
-                     seed: int) -> tuple[np.ndarray, dict | None]:
-    """``gen`` + noise with the level and grain of the host tissue around the lesion (None: too
-    little host tissue to measure, nothing added)."""
-    from scipy import ndimage
-
-
-    shell = ndimage.binary_dilation(lesion, iterations=6) & ~ndimage.binary_dilation(lesion, iterations=2)
-    if not shell.any():
-        return gen, None
-    host = np.bincount(lab[shell].astype(np.int64)).argmax()
-    region = ndimage.binary_erosion(lab == host) & ~ndimage.binary_dilation(lesion, iterations=2)
-    try:
-        model = estimate_noise(hu.astype(np.float32), region, spacing_mm=spacing)
-    except InputError:
-        return gen, None
-    noise = correlated_noise(gen.shape, model, spacing_mm=spacing, rng=np.random.default_rng([seed, 7]))
-    return gen + noise, {"std_hu": round(float(model.std_hu), 2), "grain_mm": round(float(model.grain_mm), 2)}
-
-
-def _findings_missing(spec, labels: Volume) -> list[str]:
+def findings_missing(spec: PromptSpec, labels: Volume) -> list[str]:
     """With a user label map the map decides what is drawn: name each prompt finding it lacks."""
-
     vocab = labels.vocab or Vocabulary.default()
     present = {vocab.name(int(i)) for i in np.unique(labels.numpy()) if int(i) in vocab}
     out = []
@@ -409,91 +143,286 @@ def _findings_missing(spec, labels: Volume) -> list[str]:
     return out
 
 
-class LesionInpaintPipeline(MaskToCTPipeline):
+class LatentCTPipeline:
+    """The components of the latent CT pipelines and what they share: loading and saving,
+    `check_inputs`, the denoising loop and the label map -> CT step. Subclasses add ``__call__``.
+
+    ``scheduler``: the registered diffusers scheduler; a call's ``scheduler="ddim"|"dpm"`` samples
+    with that kind on its noise schedule, never changing it. ``segmenter`` (optional, its config in
+    ``settings.segmenter``) is the fidelity check's organ segmenter and stays on the CPU.
+    ``thumbnails``: the training volumes' thumbnails for the memorisation check. ``weights``: the
+    files the components were read from, by hash (the records' inputs); None when built in memory.
+    ``device``: None = CUDA when available.
+    """
+
+    def __init__(self, *, vae: torch.nn.Module, unet: torch.nn.Module, text_encoder: torch.nn.Module,
+                 scheduler: Any, prior: Prior, settings: PipelineSettings, controlnet: torch.nn.Module | None = None,
+                 segmenter: torch.nn.Module | None = None, thumbnails: TrainingThumbnails | None = None,
+                 weights: WeightFiles | None = None, device: str | torch.device | None = None) -> None:
+        if (segmenter is None) != (settings.segmenter is None):
+            raise ValueError("segmenter and settings.segmenter come together (the config is saved with it)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.vae, self.unet = vae.to(self.device).eval(), unet.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval()
+        self.controlnet = controlnet.to(self.device).eval() if controlnet is not None else None
+        self.segmenter = segmenter.eval() if segmenter is not None else None
+        self.scheduler, self.prior, self.settings = scheduler, prior, settings
+        self.thumbnails, self.weights = thumbnails, weights
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Every constructor argument but ``device``: ``OtherPipeline(**pipe.components)``."""
+        return {name: getattr(self, name) for name in COMPONENTS}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, *,
+                        device: str | torch.device | None = None) -> LatentCTPipeline:
+        """Load a pipeline folder or training run (None: the shipped default weights)."""
+        folder = Path(folder) if folder is not None else default_weights()
+        return cls(**load_components(folder, fallback_scheduler=DEFAULT_SCHEDULER), device=device)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, half: bool = False, overwrite: bool = False) -> Path:
+        """Write every component to ``folder`` (``half``: weights stored as float16, loaded back as float32)."""
+        return save_components(self.components, folder, half=half, overwrite=overwrite)
+
+    @property
+    def factor(self) -> int:
+        """Image voxels per latent voxel along each axis."""
+        return self.settings.vae.downsample
+
+    @property
+    def multiple(self) -> int:
+        """The image sizes the VAE + UNet take are multiples of this."""
+        return self.factor * 2 ** (len(self.settings.unet.channels) - 1)
+
+    def check(self, ct: Volume, labels: Volume, *, phase: str | None = None) -> dict:
+        """`synthgen.fidelity.check` with these weights' training thumbnails and organ segmenter."""
+        thumbs = self.thumbnails
+        return check(ct, labels, phase=phase, segmenter=self.segmenter,
+                     training=thumbs.images.astype(np.float32) if thumbs is not None else None,
+                     training_sources=list(thumbs.sources) if thumbs is not None else None)
+
+    def check_inputs(self, *, num_inference_steps: Any, scheduler: Any, generator: Any, prompt: Any = None,
+                     guidance_scale: Any = _UNSET, labels: Any = _UNSET, size: Any = _UNSET,
+                     spacing: Any = _UNSET, tile: Any = _UNSET, **flags: Any) -> None:
+        """Raise a one-line `InputError` for the first bad argument of a ``__call__``, before any work.
+
+        Arguments a pipeline's ``__call__`` does not have are left out. ``num_inference_steps``:
+        1..1000. ``scheduler``: None (the registered one) or a `synthgen.models.sampling.SCHEDULERS`
+        name. ``generator``: None or a CPU `torch.Generator`. ``prompt``: text, a `PromptSpec` or
+        None. ``guidance_scale``: a finite number in [0, 30]. ``labels``: a label Volume near these
+        weights' training spacings. ``size`` / ``spacing``: those of a label map to build from the
+        library (3 integers 16..256; mm, in range, trained on, fitting in memory). ``tile``: None or
+        a positive integer. ``flags``: the boolean options, each True or False.
+        """
+        check_steps(num_inference_steps)
+        if scheduler is not None:
+            check_scheduler_name(scheduler)
+        check_generator(generator)
+        check_prompt(prompt)
+        if guidance_scale is not _UNSET:
+            check_guidance(guidance_scale)
+        if labels is not _UNSET:
+            check_label_map(labels, self.settings.trained_mm)
+        if spacing is not _UNSET:
+            check_library_spacing(spacing, self.settings.trained_mm)
+        if size is not _UNSET:
+            check_size(size)
+        if tile is not _UNSET:
+            check_tile(tile)
+        for name, value in flags.items():
+            check_flag(name, value)
+
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """The VAE latent (its mean) of an image in model units ``(D, H, W)``."""
+        return self.vae.encode(torch.from_numpy(image)[None, None].to(self.device))[0]
+
+    def sample(self, zp: torch.Tensor, labels: Volume, spec: PromptSpec | None, spacing_mm, *, steps: int,
+               guidance: float, scheduler: SchedulerName | None, generator: torch.Generator,
+               known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """The denoising loop (`synthgen.models.sampling.sample_latent`) with these components, on a
+        fresh scheduler (``scheduler`` None: the registered one's copy)."""
+        return sample_latent(self.unet, self.text_encoder, self.controlnet,
+                             scheduler=switch_scheduler(self.scheduler, scheduler), zp=zp,
+                             channels=torch.from_numpy(channel_index(labels))[None],
+                             tokens=collate([spec_to_indices(spec)]),
+                             spacing=torch.tensor(spacing_mm, dtype=torch.float32)[None], scale=self.settings.scale,
+                             steps=int(steps), guidance=float(guidance), generator=generator, known=known,
+                             known_mask=known_mask, progress=progress)
+
+    def generate_ct(self, labels: Volume, spec: PromptSpec | None, *, generator: torch.Generator, steps: int,
+                    guidance: float, scheduler: SchedulerName | None, tile: int | None, prior_correction: bool,
+                    progress: bool, details: dict, started: float) -> CTPipelineOutput:
+        """The step every label-map-conditioned pipeline shares: a CT for ``labels`` and its record
+        (``details`` added to it; ``started``: `time.perf_counter` at the call's start)."""
+        hu, tile = self._label_map_to_hu(labels, spec, generator=generator, steps=steps, guidance=guidance,
+                                         scheduler=scheduler, tile=tile, prior_correction=prior_correction,
+                                         progress=progress)
+        ct = Volume(np.rint(hu).astype(np.int16), labels.affine, kind="intensity", units="HU", modality="CT",
+                    source="synthgen latent diffusion", synthetic=True,
+                    meta={"generator": f"synthgen {__version__} {type(self).__name__}"})
+        parameters = {
+            "prompt": spec.text if spec is not None else None, "spec": spec.to_dict() if spec is not None else None,
+            "steps": int(steps), "guidance": float(guidance), "scheduler": self.scheduler_name(scheduler),
+            "shape": list(labels.shape), "spacing_mm": [round(float(s), 4) for s in labels.spacing],
+            "tile": tile, "prior_correction": bool(prior_correction)}
+        record = self.provenance(parameters, generator=generator, started=started,
+                                 details={**details, "controlnet": self.controlnet is not None})
+        return CTPipelineOutput(ct=ct, labels=labels.replace(synthetic=True, source="synthgen label map"),
+                                record=record)
+
+    def _label_map_to_hu(self, labels: Volume, spec: PromptSpec | None, *, generator: torch.Generator,
+                         steps: int, guidance: float, scheduler: SchedulerName | None, tile: int | None,
+                         prior_correction: bool, progress: bool) -> tuple[np.ndarray, int | None]:
+        """HU on ``labels``' grid, and the decode tile used. ``prior_correction``: add the VAE's
+        reconstruction error of the prior image back, i.e. ``CT = P + decode(zp + r) - decode(zp)``:
+        the structure boundaries are exactly the label map's, whatever the VAE blurs; the model
+        contributes the texture and the variation inside and across structures."""
+        m, shape = self.multiple, labels.shape
+        lab = np.zeros([math.ceil(n / m) * m for n in shape], dtype=np.asarray(labels.numpy()).dtype)
+        lab[: shape[0], : shape[1], : shape[2]] = labels.numpy()
+        padded = labels.replace(array=lab)  # the same origin and axes, grown to the UNet multiple
+        prior_img = torch.from_numpy(self.prior.image(padded))[None, None].to(self.device)
+        zp = self.vae.encode(prior_img)[0]
+        z = self.sample(zp, padded, spec, labels.spacing, steps=steps, guidance=guidance, scheduler=scheduler,
+                        generator=generator, progress=progress)
+        if tile is None and np.prod(z.shape[2:]) > TILE_ABOVE:
+            tile = DECODE_TILE
+        y = tiled_decode(self.vae, z, tile=tile, progress=progress)
+        if prior_correction:
+            y = y + prior_img - tiled_decode(self.vae, zp, tile=tile)
+        return model_to_hu(y[0, 0, : shape[0], : shape[1], : shape[2]].float().cpu().numpy()), tile
+
+    def scheduler_name(self, scheduler: SchedulerName | None) -> str:
+        """The name of the scheduler a call samples with (``scheduler`` None: the registered one)."""
+        return scheduler if scheduler is not None else scheduler_name(self.scheduler)
+
+    def provenance(self, parameters: dict, *, generator: torch.Generator, details: dict, started: float) -> Record:
+        """The record of a call: ``parameters`` + the weights folder, the generator's seed, the
+        weight files by hash, ``details`` + the seconds since ``started``."""
+        folder = str(self.weights.folder) if self.weights is not None else None
+        return Record.create(f"synthgen.{type(self).__name__}", parameters={**parameters, "weights": folder},
+                             seed=generator.initial_seed(), inputs=self.weights.files if self.weights else (),
+                             details={**details, "seconds": round(time.perf_counter() - started, 2)})
+
+
+class MaskToCTPipeline(LatentCTPipeline):
+    """Label map (+ optional prompt) -> CT in HU on the label map's grid."""
+
+    @torch.no_grad()
+    def __call__(self, labels: Volume, prompt: str | PromptSpec | None = None, *,
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+                 scheduler: SchedulerName | None = None, generator: torch.Generator | None = None,
+                 tile: int | None = None, prior_correction: bool = True, progress: bool = False) -> CTPipelineOutput:
+        """Generate a CT for ``labels`` (a label Volume); ``prompt`` is text, a PromptSpec or None.
+        ``tile``: the decode tile in latent voxels (None: whole, or `DECODE_TILE` when large);
+        ``prior_correction``: see `LatentCTPipeline.generate_ct`."""
+        self.check_inputs(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          scheduler=scheduler, generator=generator, prompt=prompt, labels=labels, tile=tile,
+                          prior_correction=prior_correction, progress=progress)
+        started = time.perf_counter()
+        spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+        generator, warnings = resolve_generator(generator)
+        if spec is not None:
+            warnings += [*spec.warnings, *findings_missing(spec, labels)]
+        details = {"label_source": "user label map", "lesions": [], "warnings": warnings}
+        return self.generate_ct(labels, spec, generator=generator, steps=num_inference_steps,
+                                guidance=guidance_scale, scheduler=scheduler, tile=tile,
+                                prior_correction=prior_correction, progress=progress, details=details,
+                                started=started)
+
+
+class TextToCTPipeline(LatentCTPipeline):
+    """Prompt -> PromptSpec -> label map (library + deformation + lesions) -> CT."""
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | PromptSpec, *, labels: Volume | None = None, size=DEFAULT_SIZE,
+                 spacing: float = DEFAULT_SPACING_MM, num_inference_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE, scheduler: SchedulerName | None = None,
+                 generator: torch.Generator | None = None, tile: int | None = None, prior_correction: bool = True,
+                 progress: bool = False) -> CTPipelineOutput:
+        """A CT and its label map for ``prompt``. ``labels``: condition on this label map instead of
+        building one (``size`` and ``spacing``, voxels and mm of the built one, are then unused);
+        the map decides the anatomy and ``details["warnings"]`` names each finding it lacks.
+        The label map library draws from ``generator.initial_seed()``."""
+        grid = {"labels": labels} if labels is not None else {"size": size, "spacing": spacing}
+        self.check_inputs(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          scheduler=scheduler, generator=generator, prompt=prompt, tile=tile,
+                          prior_correction=prior_correction, progress=progress, **grid)
+        started = time.perf_counter()
+        spec = prompt if isinstance(prompt, PromptSpec) else parse_prompt(prompt)
+        generator, warnings = resolve_generator(generator)
+        warnings += spec.warnings
+        if labels is not None:
+            warnings += findings_missing(spec, labels)
+            details = {"label_source": "user label map", "lesions": []}
+        else:
+            built = label_map_for(spec, size=size, spacing=spacing, seed=generator.initial_seed())
+            labels, details = built.labels, {"label_source": built.source, "lesions": built.lesions}
+        return self.generate_ct(labels, spec, generator=generator, steps=num_inference_steps,
+                                guidance=guidance_scale, scheduler=scheduler, tile=tile,
+                                prior_correction=prior_correction, progress=progress,
+                                details={**details, "warnings": warnings}, started=started)
+
+
+class LesionInpaintPipeline(LatentCTPipeline):
     """Diffusion inpainting of lesion voxels into a real CT: only voxels inside the lesion mask
     (grown by ``margin_mm``, blended over that margin) change; every other voxel is bit-identical.
 
     The work happens on a box around the lesion, resampled to the model's spacing: the box's
     latent is known outside the (grown) mask and re-imposed at every step, the lesion is
-    generated inside it, decoded, resampled back to the CT's grid and blended.
+    generated inside it, decoded, resampled back to the CT's grid and blended
+    (`synthgen.pipelines.inpaint`).
     """
 
     @torch.no_grad()
     def __call__(self, ct: Volume, labels: Volume, lesion_label: str | int, *, model_spacing: float = 3.0,
-                 margin_mm: float = 2.0, steps: int = 30, seed: int = 0, scheduler: str = "ddim",
-                 prompt: Any = None, match_noise: bool = True, progress: bool = False) -> GenerationResult:
-        """``match_noise``: add the host scan's noise (level and grain measured in the tissue around
-        the lesion, `synthgen.lesions.appearance.estimate_noise`) to the generated voxels, which
-        the VAE returns smooth."""
-        from scipy import ndimage
-
-
-        self.check_inputs(steps=steps, guidance=1.0, scheduler=scheduler, seed=seed)
-        lo, hi = SPACING_RANGE_MM
-        if not _is_real(model_spacing) or not lo <= model_spacing <= hi:
-            raise InputError(f"model_spacing must be a number of mm in {lo:g}-{hi:g}, got {model_spacing!r}")
-        if not _is_real(margin_mm) or not 0 <= margin_mm <= 50:
-            raise InputError(f"margin_mm must be a number of mm in [0, 50], got {margin_mm!r}")
-        ct.check_same_grid(labels, names=("CT", "label map"))
-        vocab = labels.vocab
-        lid = lesion_label if isinstance(lesion_label, int) else (vocab.id(lesion_label) if vocab else None)
-        if lid is None:
-            raise InputError("lesion_label must be an id when the label map has no vocabulary")
-        lab = labels.numpy()
-        mask = lab == lid
-        if not mask.any():
-            raise InputError(f"label {lesion_label!r} has no voxel in the label map")
-        sp = np.asarray(ct.spacing)
-        grow = ndimage.distance_transform_edt(~mask, sampling=sp)
-        region = grow <= margin_mm
-        weight = np.clip(1.0 - grow / max(margin_mm, 1e-6), 0.0, 1.0) * region  # 1 inside, ramps to 0
-        weight[mask] = 1.0
-        ctx_mm = 16.0 * model_spacing  # context around the lesion for the model
-        margin_vox = [math.ceil(ctx_mm / s) for s in sp]
-        box = bounding_box(region, margin_vox=margin_vox)
-        sl = tuple(slice(a, b) for a, b in zip(*box))
-        sub_ct, sub_lab = ct.crop_voxels(*box), labels.crop_voxels(*box)
-        m = self.multiple
-        # model grid: the box resampled to model_spacing, padded to the UNet multiple
-        extent = np.asarray(sub_ct.shape) * sp
-        n = [max(m, math.ceil(e / model_spacing / m) * m) for e in extent]
-        grid_affine = sub_ct.affine.copy()
-        grid_affine[:3, :3] = sub_ct.affine[:3, :3] / sp * model_spacing
-        target = Volume(np.zeros(n, np.int16), grid_affine, kind="label", vocab=vocab)
-        g_ct = sub_ct.resample_to(target, fill=-1024.0)
-        g_lab = sub_lab.resample_to(target)
-        g_region = Volume(region[sl].astype(np.uint8), sub_ct.affine, kind="label").resample_to(target).numpy() > 0
-        y = torch.from_numpy(hu_to_model(g_ct.numpy()))[None, None].to(self.device)
-        known = self.vae.encode(y)[0]
-        zp = self.vae.encode(torch.from_numpy(self.prior.image(g_lab))[None, None].to(self.device))[0]
-        f = self.factor
-        lat_mask = torch.from_numpy(
-            ndimage.maximum_filter(g_region, size=f)[::f, ::f, ::f].astype(np.float32))[None, None].to(self.device)
-
+                 margin_mm: float = 2.0, num_inference_steps: int = DEFAULT_STEPS,
+                 scheduler: SchedulerName | None = None, generator: torch.Generator | None = None,
+                 prompt: str | PromptSpec | None = None, match_noise: bool = True,
+                 progress: bool = False) -> CTPipelineOutput:
+        """``ct`` with the voxels of ``lesion_label`` (a name or id of ``labels``, on the CT's grid)
+        generated by the model at ``model_spacing`` mm. ``match_noise``: add the host scan's noise
+        (level and grain measured in the tissue around the lesion,
+        `synthgen.lesions.appearance.estimate_noise`, seeded by ``generator.initial_seed()``) to
+        the generated voxels, which the VAE returns smooth."""
+        self.check_inputs(num_inference_steps=num_inference_steps, scheduler=scheduler, generator=generator,
+                          prompt=prompt, match_noise=match_noise, progress=progress)
+        lid = check_inpaint_inputs(ct, labels, lesion_label, model_spacing=model_spacing, margin_mm=margin_mm)
+        started = time.perf_counter()
         spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-        z = sample_latent(self.unet, self.encoder, self.controlnet, zp=zp,
-                          channels=torch.from_numpy(channel_index(g_lab))[None], tokens=collate([spec_to_indices(spec)]),
-                          spacing=torch.tensor([model_spacing] * 3, dtype=torch.float32)[None], scale=self.scale,
-                          diffusion=self.diffusion, steps=steps, guidance=1.0, scheduler=scheduler,
-                          generator=torch.Generator().manual_seed(int(seed)), known=known,
-                          known_mask=1.0 - lat_mask, progress=progress)
-        gen_hu = model_to_hu(self.vae.decode(z)[0, 0].float().cpu().numpy())
-        back = Volume(gen_hu, grid_affine, kind="intensity", units="HU").resample_to(sub_ct, fill=0.0).numpy()
-        noise_info = None
+        generator, warnings = resolve_generator(generator)
+        sp = np.asarray(ct.spacing)
+        box = InpaintBox.around(labels.numpy() == lid, sp, margin_mm=margin_mm, model_spacing=model_spacing)
+        generated = self._generate_box(ct, labels, box, spec, model_spacing=model_spacing, steps=num_inference_steps,
+                                       scheduler=scheduler, generator=generator, progress=progress)
+        noise = None
         if match_noise:
-            back, noise_info = _with_host_noise(back, sub_ct.numpy(), lab[sl], mask[sl], sp, seed)
-        out = ct.numpy().copy()
-        w = weight[sl]
-        inside = w > 0
-        blended = out[sl].astype(np.float32)
-        blended[inside] = w[inside] * back[inside] + (1 - w[inside]) * blended[inside]
-        sub = out[sl]
-        sub[inside] = np.rint(blended[inside]).astype(out.dtype) if np.issubdtype(out.dtype, np.integer) \
-            else blended[inside].astype(out.dtype)
-        new_ct = ct.replace(array=out, synthetic=True)
-        record = {"generator": f"synthgen {__version__}", "pipeline": type(self).__name__,
-                  "lesion_label": str(lesion_label), "seed": int(seed), "steps": int(steps),
-                  "scheduler": scheduler, "model_spacing_mm": model_spacing, "margin_mm": margin_mm,
-                  "changed_voxels": int(inside.sum()), "noise": noise_info, "model_hashes": self.model_hashes(),
-                  "synthetic": True}
-        return GenerationResult(ct=new_ct, labels=labels, record=record)
+            generated, noise = with_host_noise(generated, ct.numpy()[box.slices], labels.numpy()[box.slices],
+                                               box.mask[box.slices], sp, generator.initial_seed())
+        out, changed = blend(ct, generated, box)
+        parameters = {"lesion_label": str(lesion_label), "prompt": spec.text if spec is not None else None,
+                      "steps": int(num_inference_steps), "scheduler": self.scheduler_name(scheduler),
+                      "model_spacing_mm": float(model_spacing), "margin_mm": float(margin_mm),
+                      "match_noise": bool(match_noise)}
+        record = self.provenance(parameters, generator=generator, started=started,
+                                 details={"changed_voxels": changed, "noise": noise, "warnings": warnings})
+        return CTPipelineOutput(ct=ct.replace(array=out, synthetic=True), labels=labels, record=record)
+
+    def _generate_box(self, ct: Volume, labels: Volume, box: InpaintBox, spec: PromptSpec | None, *,
+                      model_spacing: float, steps: int, scheduler: SchedulerName | None,
+                      generator: torch.Generator, progress: bool) -> np.ndarray:
+        """HU generated for the box, on the CT's grid: the box at ``model_spacing``, its latent
+        known outside the grown lesion, sampled inside it, decoded and resampled back."""
+        sub_ct, sub_lab = ct.crop_voxels(box.start, box.stop), labels.crop_voxels(box.start, box.stop)
+        grid = model_grid(sub_ct, model_spacing=model_spacing, multiple=self.multiple, vocab=labels.vocab)
+        g_ct, g_lab = sub_ct.resample_to(grid, fill=-1024.0), sub_lab.resample_to(grid)
+        g_region = Volume(box.region[box.slices].astype(np.uint8), sub_ct.affine, kind="label").resample_to(grid)
+        known_mask = torch.from_numpy(latent_known_mask(g_region.numpy() > 0, self.factor))[None, None]
+        z = self.sample(self.encode(self.prior.image(g_lab)), g_lab, spec, [model_spacing] * 3, steps=steps,
+                        guidance=1.0, scheduler=scheduler, generator=generator,
+                        known=self.encode(hu_to_model(g_ct.numpy())), known_mask=known_mask.to(self.device),
+                        progress=progress)
+        gen_hu = model_to_hu(self.vae.decode(z)[0, 0].float().cpu().numpy())
+        return Volume(gen_hu, grid.affine, kind="intensity", units="HU").resample_to(sub_ct, fill=0.0).numpy()

@@ -1,4 +1,4 @@
-"""Training data for the latent diffusion stack: CT + label-map pairs, augmented, cached.
+"""Training data for the latent diffusion stack: CT + label-map pairs, augmented, cached, cropped.
 
 Sources (the ``data:`` section of configs/train_*.yaml):
 
@@ -9,9 +9,10 @@ Sources (the ``data:`` section of configs/train_*.yaml):
 - ``folders``: user datasets of CT + label pairs (nnU-Net ``imagesTr``/``labelsTr``, or
   ``ct``/``labels`` folders with matching file names), resampled and deformed like the example.
 
-Each variant is one `Sample` (HU int16 + default-vocabulary label ids + spacing + caption +
-lesion records), written once to ``<run>/cache/`` as .npz and reused by every stage and
-resume. Training draws random crops from them; captions come from
+Each variant is one `Sample` (the CT as an int16 HU `Volume`, its default-vocabulary label
+`Volume` on the same grid, a caption and the lesion records), written once to ``<run>/cache/``
+as .npz and reused by every stage and resume. Training draws random crops from them
+(`draw_crops`, `model_crop`) with numpy Generators from `step_rng`; captions come from
 `synthgen.text.captions.caption` and are parsed back into the spec the encoder embeds.
 """
 
@@ -31,15 +32,19 @@ from synthgen.files.atomic import atomic_path
 from synthgen.io import read_pair
 from synthgen.lesions.insert import insert_lesions
 from synthgen.lesions.spec import LesionSpec
+from synthgen.models.hu import hu_to_model
 from synthgen.text.captions import caption
 from synthgen.vocab import Vocabulary
+from synthgen.volume import Volume
 
 #: Lesions drawn for the example variants: (type, organ, diameter range mm).
-_LESION_MENU = (
+LESION_MENU = (
     ("tumor", "liver", (15.0, 45.0)), ("cyst", "liver", (10.0, 30.0)), ("metastasis", "liver", (10.0, 25.0)),
     ("nodule_solid", "lung", (6.0, 20.0)), ("nodule_ground_glass", "lung", (8.0, 20.0)),
     ("cyst", "kidney", (10.0, 20.0)), ("tumor", "spleen", (12.0, 25.0)),
 )
+#: Air (-1024 HU) in model units: the padding of crops and volumes.
+AIR = float(hu_to_model(np.float32(-1024)))
 
 
 @dataclasses.dataclass
@@ -53,33 +58,98 @@ class DataConfig:
     seed: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Sample:
-    hu: np.ndarray  # int16 (I, J, K)
-    labels: np.ndarray  # uint8 default-vocabulary ids, body = 200
-    spacing: np.ndarray  # (3,) mm
+    """One training variant: ``ct`` (int16 HU) and ``labels`` (uint8 default-vocabulary ids,
+    body = 200) on the same grid, the caption the text encoder learns from, the inserted
+    lesions' records and where the variant came from (``example#3``, ``phantom#0``, a file name)."""
+
+    ct: Volume
+    labels: Volume
     caption: str
     lesions: list[dict]
     source: str
 
+    def __post_init__(self) -> None:
+        self.ct.check_same_grid(self.labels, names=("CT", "label map"))
+
     def save(self, path: Path) -> None:
+        """Write as .npz (arrays, the shared affine, the text fields as JSON), atomically."""
+        meta = json.dumps({"caption": self.caption, "lesions": self.lesions, "source": self.source})
         with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, hu=self.hu, labels=self.labels, spacing=self.spacing,
-                                meta=np.array(json.dumps({"caption": self.caption, "lesions": self.lesions,
-                                                          "source": self.source})))
+            np.savez_compressed(fh, hu=self.ct.numpy(), labels=self.labels.numpy(), affine=self.ct.affine,
+                                meta=np.array(meta))
 
     @classmethod
     def load(cls, path: Path) -> Sample:
         with np.load(path, allow_pickle=False) as z:
+            if "affine" not in z.files:
+                raise InputError(f"{path}: training cache written by an older synthgen (no affine); "
+                                 f"delete {path.parent} to rebuild it")
             meta = json.loads(str(z["meta"]))
-            return cls(hu=z["hu"], labels=z["labels"], spacing=z["spacing"], caption=meta["caption"],
-                       lesions=meta["lesions"], source=meta["source"])
+            ct = Volume(z["hu"], z["affine"], kind="intensity", source=meta["source"])
+            labels = Volume(z["labels"], z["affine"], kind="label", vocab=Vocabulary.default(),
+                            source=meta["source"])
+        return cls(ct=ct, labels=labels, caption=meta["caption"], lesions=meta["lesions"], source=meta["source"])
+
+    @staticmethod
+    def is_current(path: Path) -> bool:
+        """Whether ``path`` is a cache file of this format (older ones lack the affine)."""
+        with np.load(path, allow_pickle=False) as z:
+            return "affine" in z.files
 
 
-def _finish(ct, labels, *, spacing: float, rng: np.random.Generator, deform_scale: float,
+# ----------------------------------------------------------------------------- crops
+def step_rng(seed: int, rank: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The numpy Generator of one (seed, rank, step, stream): a resumed run draws what an
+    uninterrupted one would, and each rank draws its own crops."""
+    return np.random.default_rng([seed, rank, step, stream])
+
+
+def crop_box(shape, crop, rng: np.random.Generator, labels: np.ndarray | None = None) -> tuple[slice, ...]:
+    """A random crop box; centred on a body voxel when labels are given (so crops see anatomy)."""
+    starts = []
+    centre = None
+    if labels is not None:
+        idx = np.flatnonzero(labels.ravel()[::7])
+        if idx.size:
+            centre = np.unravel_index(idx[int(rng.integers(idx.size))] * 7, labels.shape)
+    for a, (n, c) in enumerate(zip(shape, crop)):
+        if n <= c:
+            starts.append(0)
+        elif centre is not None:
+            starts.append(int(np.clip(centre[a] - c // 2 + rng.integers(-c // 4, c // 4 + 1), 0, n - c)))
+        else:
+            starts.append(int(rng.integers(0, n - c + 1)))
+    return tuple(slice(s, s + c) for s, c in zip(starts, crop))
+
+
+def pad_to(a: np.ndarray, shape, value) -> np.ndarray:
+    """``a`` padded with ``value`` at the high end of each axis up to ``shape`` (voxel 0 stays
+    put, so an affine stays valid for the padded array)."""
+    pad = [(0, max(0, s - n)) for n, s in zip(a.shape, shape)]
+    return np.pad(a, pad, constant_values=value) if any(p[1] for p in pad) else a
+
+
+def draw_crops(samples: list[Sample], crop, batch: int, rng: np.random.Generator) -> list[tuple[Sample, tuple]]:
+    """``batch`` (sample, crop box) pairs: a random sample, then a box around one of its body voxels."""
+    out = []
+    for _ in range(batch):
+        s = samples[int(rng.integers(len(samples)))]
+        out.append((s, crop_box(s.ct.shape, crop, rng, s.labels.numpy())))
+    return out
+
+
+def model_crop(sample: Sample, box: tuple, crop) -> np.ndarray:
+    """The CT inside ``box`` in model units, padded with air to ``crop``."""
+    return pad_to(hu_to_model(sample.ct.numpy()[box]), crop, AIR)
+
+
+# ----------------------------------------------------------------------------- the cache
+def _finish(ct: Volume, labels: Volume, *, spacing: float, rng: np.random.Generator, deform_scale: float,
             lesions: list[dict], source: str, phase: str | None) -> Sample:
     ct = ct.resample(spacing)
-    labels = labels.resample_to(ct) if hasattr(labels, "resample_to") else labels.resample(spacing)
+    labels = labels.resample_to(ct)
     if deform_scale > 0:
         ct, labels, _ = random_deformation(ct, labels, seed=int(rng.integers(2**31)), scale=deform_scale)
     ids = to_default_ids(labels)
@@ -88,14 +158,14 @@ def _finish(ct, labels, *, spacing: float, rng: np.random.Generator, deform_scal
     hu = np.clip(np.rint(ct.numpy()), -1024, 3071).astype(np.int16)
     lab_default = labels.replace(array=ids, vocab=Vocabulary.default())
     text = caption(lab_default, lesions=lesions, phase=phase, rng=rng)
-    return Sample(hu=hu, labels=ids, spacing=np.asarray(ct.spacing, dtype=np.float32), caption=text,
-                  lesions=lesions, source=source)
+    return Sample(ct=ct.replace(array=hu, source=source), labels=lab_default.replace(source=source),
+                  caption=text, lesions=lesions, source=source)
 
 
 def _with_lesions(ct, labels, rng: np.random.Generator, n: int, *, seed: int):
     records: list[dict] = []
     for k in range(n):
-        ltype, organ, (lo, hi) = _LESION_MENU[int(rng.integers(len(_LESION_MENU)))]
+        ltype, organ, (lo, hi) = LESION_MENU[int(rng.integers(len(LESION_MENU)))]
         spec = LesionSpec(type=ltype, organ=organ, diameter_mm=float(rng.uniform(lo, hi)), seed=seed * 100 + k)
         try:
             res = insert_lesions(ct, labels, spec)
@@ -121,9 +191,32 @@ def _folder_pairs(folder: str) -> list[tuple[Path, Path]]:
     raise InputError(f"{root}: no CT + label pairs found (expected imagesTr/ + labelsTr/ or ct/ + labels/)")
 
 
+def _variant(cfg: DataConfig, src: str, i: int, example) -> Sample:
+    """Variant ``i`` of source ``src`` ("example", "phantom" or "folder:PATH"); ``example`` is the
+    example (CT, labels) pair, read once by the caller."""
+    rng = np.random.default_rng([cfg.seed, len(src), i])
+    spacing = float(rng.choice(cfg.spacings))
+    if src == "example":
+        ct, labels = example
+        n = int(rng.integers(cfg.lesions_per_variant[0], cfg.lesions_per_variant[1] + 1))
+        ct, labels, records = _with_lesions(ct, labels, rng, n, seed=cfg.seed * 1000 + i)
+        return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
+                       lesions=records, source=f"example#{i}", phase="arterial")
+    if src == "phantom":
+        shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
+        ct, labels = phantom(shape=shape, spacing=[spacing] * 3, seed=cfg.seed * 1000 + i)
+        return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=0.0, lesions=[],
+                       source=f"phantom#{i}", phase="portal_venous")
+    img, lab = _folder_pairs(src.split(":", 1)[1])[i]
+    ct, labels = read_pair(img, lab)
+    return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
+                   lesions=[], source=f"{img.name}", phase=None)
+
+
 def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> list[Path]:
-    """Write every missing variant of ``cfg`` to ``cache_dir`` (existing ones are kept); returns
-    the files in order. Deterministic in ``cfg.seed``; a killed run resumes where it stopped."""
+    """Write every missing variant of ``cfg`` to ``cache_dir`` (existing ones are kept, files of an
+    older format are rebuilt); returns the files in order. Deterministic in ``cfg.seed``; a killed
+    run resumes where it stopped."""
     from tqdm.auto import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -132,31 +225,8 @@ def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> l
     for f in cfg.folders:
         jobs += [(f"folder:{f}", k) for k in range(len(_folder_pairs(f)))]
     files = [cache_dir / f"{k:03d}_{src.split(':')[0]}_{i:03d}.npz" for k, (src, i) in enumerate(jobs)]
-    todo = [(f, j) for f, j in zip(files, jobs) if not f.exists()]
-    example = None
+    todo = [(f, j) for f, j in zip(files, jobs) if not (f.exists() and Sample.is_current(f))]
+    example = example_ct() if any(src == "example" for _, (src, _) in todo) else None
     for path, (src, i) in tqdm(todo, desc="training data", disable=not progress or not todo):
-        rng = np.random.default_rng([cfg.seed, len(src), i])
-        spacing = float(rng.choice(cfg.spacings))
-        if src == "example":
-            if example is None:
-
-                example = example_ct()
-            ct, labels = example
-            n = int(rng.integers(cfg.lesions_per_variant[0], cfg.lesions_per_variant[1] + 1))
-            ct, labels, records = _with_lesions(ct, labels, rng, n, seed=cfg.seed * 1000 + i)
-            sample = _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
-                             lesions=records, source=f"example#{i}", phase="arterial")
-        elif src == "phantom":
-
-            shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
-            ct, labels = phantom(shape=shape, spacing=[spacing] * 3, seed=cfg.seed * 1000 + i)
-            sample = _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=0.0, lesions=[],
-                             source=f"phantom#{i}", phase="portal_venous")
-        else:
-
-            img, lab = _folder_pairs(src.split(":", 1)[1])[i]
-            ct, labels = read_pair(img, lab)
-            sample = _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
-                             lesions=[], source=f"{img.name}", phase=None)
-        sample.save(path)
+        _variant(cfg, src, i, example).save(path)
     return files
