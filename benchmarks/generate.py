@@ -46,7 +46,8 @@ def case_generate(args) -> dict:
     pipe = TextToCTPipeline.from_pretrained(args.weights)
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = pipe("chest CT, 3 cm tumour in the liver", size=(96, 96, 96), spacing=4.0, steps=args.steps, seed=0)
+    res = pipe("chest CT, 3 cm tumour in the liver", size=(96, 96, 96), spacing=4.0, num_inference_steps=args.steps,
+               guidance_scale=2.0, scheduler="ddim", generator=torch.Generator().manual_seed(0))
     return {"seconds": time.perf_counter() - t0, "load_seconds": load, "shape": list(res.ct.shape)}
 
 

@@ -52,6 +52,7 @@ from synthgen.expand.manifest import read_manifest
 from synthgen.expand.plan import lesion_of_class
 from synthgen.expand.split import fixed_split
 from synthgen.io import read, read_pair
+from synthgen.train.loop import private_rng
 from synthgen.volume import Volume
 
 #: Units of a case's image: HU mapped through the config's window onto [-1, 1].
@@ -326,10 +327,7 @@ def _network(n_classes: int, cfg: EvalConfig, *, task: str, seed: int):
     """The task's network with its initial weights drawn from ``seed``: the global torch RNG is
     forked, seeded and restored, so the caller's random state is untouched and arm k with seed s
     starts from the same weights as every other arm with seed s."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with private_rng(seed):
         return _seg_net(n_classes, cfg) if task == "seg" else _cls_net(n_classes, cfg)
 
 

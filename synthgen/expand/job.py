@@ -8,9 +8,10 @@ and the recipe tasks (``expand``, ``evaluate``) are thin wrappers around them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from synthgen.errors import InputError
 from synthgen.expand.analysis import analyse, format_table, write_analysis
@@ -23,6 +24,7 @@ from synthgen.expand.plan import Target, make_plan
 from synthgen.expand.report import write_report
 from synthgen.expand.split import training_part
 from synthgen.expand.summary import SUMMARY_FILES, ExpansionSummary, write_expansion_summary
+from synthgen.train.loop import Dist
 
 
 @dataclasses.dataclass
@@ -67,18 +69,11 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     log(plan.format(a))
     if settings.dry_run:
         return {}
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    barrier = None
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        barrier = dist.barrier
-    res = expand(ds, plan, out=out_path, rank=rank, world=world, barrier=barrier, progress=progress,
-                 overwrite=settings.overwrite)
+    dist = Dist(torch.device("cpu"))  # under torchrun: gloo; the ranks split the items
+    res = expand(ds, plan, out=out_path, rank=dist.rank, world=dist.world,
+                 barrier=dist.barrier if dist.world > 1 else None, progress=progress, overwrite=settings.overwrite)
     paths: dict[str, Path] = {"dataset": res.root}
-    if rank == 0:
+    if dist.main:
         summary = write_expansion_summary(ExpansionSummary.of(a, plan), res.root)
         log(f"{len(res.written)} synthetic cases written, {len(res.skipped)} already done (journal) in {res.root}")
         paths.update(manifest=res.manifest, index=res.index, **summary)
