@@ -269,6 +269,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from synthgen.data.sources import SOURCES, describe_sources, fetch
+
+    if args.data_command == "list":
+        print(describe_sources())
+        return 0
+    names = list(SOURCES) if args.names == ["all"] else args.names
+    failed = []
+    for name in names:
+        try:
+            fetch(name)
+        except InputError as e:
+            if len(names) == 1:
+                raise
+            failed.append(name)
+            print(f"synthgen data: {e}", file=sys.stderr)
+    return EXIT_USAGE if failed else 0
+
+
 def _add_common(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
     parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
@@ -475,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation in --out")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. arms=[real,weighted]")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("data", help="the sources of real CT: list them, fetch them (the one download step)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True,
+                                parser_class=_subparser_class(common))
+    p = data_sub.add_parser("list", help="each source: installed or not, where, its patients")
+    p.set_defaults(func=_cmd_data)
+    p = data_sub.add_parser("fetch", help="download / install sources and check their hashes")
+    p.add_argument("names", nargs="+", metavar="NAME", help="source names (see `synthgen data list`), or all")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("run", help="run a recipe (pipelines/*.yaml): a list of engine steps")
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")

@@ -81,6 +81,17 @@ def example():
         pytest.skip(str(e))
 
 
+def real_patient(name: str):
+    """A real patient from a data source (`synthgen.data.patient`); skipped, with the line saying
+    how to fetch the source, where it is absent."""
+    from synthgen.data import MissingSource, patient
+
+    try:
+        return patient(name)
+    except MissingSource as e:  # pragma: no cover - depends on `synthgen data fetch`
+        pytest.skip(str(e))
+
+
 #: Classes of the toy segmentation datasets the expander tests build.
 TOY_CLASSES = {0: "background", 1: "liver", 2: "kidney", 3: "liver_tumor"}
 
