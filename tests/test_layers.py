@@ -26,6 +26,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("volume",),
     ("io", "synthgen"),  # readers and writers, provenance records; the package root re-exports Volume
     ("anatomy",),  # label-map operations, deformation, the procedural phantom
+    ("texture",),  # fine-texture statistics of CT per tissue
     ("report",),  # pictures and charts
     ("outputs",),  # the case writer: volumes + record + config + preview
     ("data",),  # the example CT, the phantom
