@@ -167,7 +167,7 @@ def test_recipe_steps_use_shipped_configs_and_the_record_names_them(tmp_path, mo
 
 
 def test_generate_says_on_stderr_when_it_falls_back_to_the_phantom(monkeypatch, capsys):
-    from synthgen import data
+    from synthgen.data import example as data
     from synthgen.library import _pick_source
     from synthgen.text.prompt import parse_prompt
 
