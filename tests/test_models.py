@@ -78,6 +78,23 @@ def test_prior_measures_means_and_falls_back_by_channel():
     assert again.by_name == pytest.approx(prior.by_name)
 
 
+def test_prior_per_phase_gives_each_phase_its_own_aorta():
+    d = Vocabulary.default()
+    lab = np.array([d.id("liver"), d.id("aorta"), d.id("aorta")], dtype=np.uint8)
+    arterial = (hu_to_model(np.array([70, 380, 360], np.float32)), lab, "arterial")
+    plain = (hu_to_model(np.array([55, 40, 40], np.float32)), lab, "non_contrast")
+    more = (hu_to_model(np.array([70, 370, 370], np.float32)), lab, "arterial")
+    prior = Prior.measure([arterial, plain, more])
+    assert prior.default_phase == "arterial"  # the phase with the most voxels
+    aorta = Volume(np.array([d.id("aorta")], np.uint8).reshape(1, 1, 1), np.eye(4), kind="label")
+    hu = {ph: model_to_hu(prior.image(aorta, ph)).item() for ph in ("arterial", "non_contrast", None, "delayed")}
+    assert hu["arterial"] == pytest.approx(370, abs=2) and hu["non_contrast"] == pytest.approx(40, abs=1)
+    assert hu[None] == hu["arterial"]  # no phase stated: the default phase
+    assert 100 < hu["delayed"] < 370  # a phase never trained on: the pooled mean
+    again = Prior.from_mapping(json.loads(prior.to_json()))
+    assert again.by_phase["arterial"] == pytest.approx(prior.by_phase["arterial"]) and again.default_phase == "arterial"
+
+
 # ------------------------------------------------------------------ spec encoder
 def test_spec_encoder_tokens_and_guidance_dropout():
     enc = SpecEncoder(dim=16)

@@ -18,11 +18,13 @@ import torch
 
 from synthgen.errors import InputError
 from synthgen.io.record import Record
+from synthgen.library import ENTRIES
 from synthgen.models.conditioning import N_CHANNELS, Prior
 from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, build_controlnet, build_unet, build_vae
 from synthgen.models.sampling import SCHEDULERS, make_scheduler, switch_scheduler
 from synthgen.models.segmenter import SegmenterConfig, build_segmenter
 from synthgen.models.text_encoder import SpecEncoder
+from synthgen.models.texture import TextureBank
 from synthgen.pipelines.folder import PipelineSettings, TrainingThumbnails
 from synthgen.pipelines.latent_ct import (
     COMPONENTS,
@@ -54,8 +56,11 @@ def _components(scheduler: str = "ddim") -> dict:
     prior = Prior(by_name={"liver": 0.1}, by_channel=[-1.0 + 0.1 * k for k in range(N_CHANNELS)])
     thumbs = TrainingThumbnails(images=np.linspace(0, 1, 2 * 8**3, dtype=np.float16).reshape(2, 8, 8, 8),
                                 sources=("phantom-0", "example-0"))
+    grain = np.random.default_rng(0).normal(0, 15, (4, 4, 4, 4)).round().astype(np.int16)
+    texture = TextureBank(spacings=(5.0,), block=4, sigma_vox=1.5, detail={(5.0, "liver"): grain},
+                          inside={(5.0, "liver"): np.ones(grain.shape, bool)}, sources=("noise",))
     return {**nets, "scheduler": make_scheduler(s.diffusion, scheduler), "prior": prior, "settings": s,
-            "thumbnails": thumbs, "weights": None}
+            "texture": texture, "thumbnails": thumbs, "weights": None}
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +113,14 @@ def test_save_pretrained_round_trips_every_component(pipe, labels, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert type(again.scheduler) is type(pipe.scheduler) and _settings(again.scheduler) == _settings(pipe.scheduler)
     assert again.prior == pipe.prior and again.settings == pipe.settings
+    assert again.texture.detail.keys() == pipe.texture.detail.keys()
+    assert all(np.array_equal(again.texture.detail[k], pipe.texture.detail[k]) for k in pipe.texture.detail)
     assert np.array_equal(again.thumbnails.images, pipe.thumbnails.images)
     assert again.thumbnails.sources == pipe.thumbnails.sources
     assert again.weights.folder == folder
     assert {f.name for f in again.weights.files} == {
-        *(f"{c}/model.safetensors" for c in ("vae", "unet", "text_encoder", "controlnet", "segmenter")), "prior.json"}
+        *(f"{c}/model.safetensors" for c in ("vae", "unet", "text_encoder", "controlnet", "segmenter")), "prior.json",
+        "texture/bank.safetensors"}
     before, after = _run(pipe, labels, generator=_gen(1)), _run(again, labels, generator=_gen(1))
     assert np.array_equal(before.ct.numpy(), after.ct.numpy())  # bit-identical through the round trip
     assert {f.name for f in after.record.inputs} == {f.name for f in again.weights.files}
@@ -174,7 +182,8 @@ def test_text_to_ct_records_its_label_map(pipe):
     out = text("abdomen CT, 2 cm cyst in the liver", size=(20, 16, 16), spacing=5.0, num_inference_steps=1,
                generator=_gen(7))
     assert out.ct.shape == (20, 16, 16) and out.record.generator == "synthgen.TextToCTPipeline"
-    assert out.record.details["label_source"] in ("example", "phantom")
+    assert out.record.details["label_source"] in ENTRIES  # a library entry: a real patient or the phantom
+    assert out.record.details["anatomy"]["entry"] == out.record.details["label_source"]
     assert out.record.details["lesions"][0]["type"] == "cyst" and out.record.seed == 7
 
 

@@ -18,7 +18,7 @@ from synthgen.anatomy.ops import organ_mask
 from synthgen.cli import main
 from synthgen.config import load_config
 from synthgen.errors import InputError
-from synthgen.library import label_map_for
+from synthgen.library import ENTRIES, label_map_for
 from synthgen.pipelines.latent_ct import LesionInpaintPipeline, MaskToCTPipeline, TextToCTPipeline, tiled_decode
 from synthgen.text.prompt import parse_prompt
 from synthgen.train import TrainConfig, train
@@ -69,8 +69,10 @@ def test_label_map_from_prompt_has_requested_grid_and_lesion():
 
 
 def test_label_map_errors():
-    with pytest.raises(InputError, match="covers the head"):
-        label_map_for(parse_prompt("head CT"), size=(64, 64, 64), spacing=4.0)
+    with pytest.raises(InputError, match="covers the neck"):
+        label_map_for(parse_prompt("neck CT"), size=(64, 64, 64), spacing=4.0)
+    with pytest.raises(InputError, match="covers the head and chest together"):
+        label_map_for(parse_prompt("CT of the head and chest"), size=(64, 64, 64), spacing=4.0)
     with pytest.raises(InputError, match="size must be 3 integers"):
         label_map_for(parse_prompt("chest CT"), size=(8, 64, 64), spacing=4.0)
 
@@ -96,7 +98,7 @@ def test_text_to_ct_with_dpm_and_odd_size(pipe):
     res = pipe("abdomen CT, 2 cm cyst in the liver", size=(40, 36, 28), spacing=5.0, num_inference_steps=2,
                scheduler="dpm")
     assert res.ct.shape == (40, 36, 28)
-    assert res.record.details["label_source"] in ("example", "phantom")
+    assert res.record.details["label_source"] in ENTRIES
     assert res.record.details["lesions"][0]["type"] == "cyst"
 
 

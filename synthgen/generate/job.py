@@ -36,7 +36,7 @@ class GenerateConfig:
     (None: the one the weights registered). ``weights``: a pipeline folder (None: the shipped
     CPU weights). ``check``: also run the fidelity check (``<stem>_check.json``). ``format``: the
     CT as NIfTI, or as a DICOM series with the labels as DICOM SEG (and NIfTI). ``stem`` names
-    every file.
+    every file. ``texture``: add each tissue's real-CT detail from the weights' texture bank.
     """
 
     prompt: str
@@ -48,6 +48,7 @@ class GenerateConfig:
     seed: int = 0
     weights: str | None = None
     check: bool = False
+    texture: bool = True
     format: str = "nifti"
     stem: str = "synth"
 
@@ -87,7 +88,7 @@ def run(
     pipe = TextToCTPipeline.from_pretrained(cfg.weights)
     out = pipe(cfg.prompt, labels=labels, size=tuple(cfg.size), spacing=cfg.spacing, num_inference_steps=cfg.steps,
                guidance_scale=cfg.guidance, scheduler=cfg.scheduler,
-               generator=torch.Generator().manual_seed(cfg.seed), progress=progress)
+               generator=torch.Generator().manual_seed(cfg.seed), texture=cfg.texture, progress=progress)
     written = write_outputs(out, out_dir, cfg, inputs=inputs, overwrite=overwrite)
     if cfg.check:
         phase = (out.record.parameters.get("spec") or {}).get("phase")

@@ -101,29 +101,45 @@ def one_hot(channels: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class Prior:
-    """Mean intensity (model units) per structure name and per channel, measured on training data."""
+    """Mean intensity (model units) per structure name and per channel, measured on training data;
+    ``by_phase``: the same per contrast phase (``{phase: {name: mean}}``) for the phases the
+    training captions state, so an arterial prompt gets an arterial aorta whatever else was
+    trained on. ``default_phase``: the phase with the most training voxels, used when a prompt
+    states none (None: the pooled means)."""
 
     by_name: dict[str, float]
     by_channel: list[float]
+    by_phase: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    default_phase: str | None = None
 
     @classmethod
     def measure(cls, samples) -> Prior:
-        """From ``(y, label_ids)`` pairs in the default vocabulary (y in model units)."""
+        """From ``(y, label_ids)`` or ``(y, label_ids, phase)`` tuples in the default vocabulary
+        (y in model units; phase a `synthgen.text.prompt.PROMPT_PHASES` name or None)."""
         vocab = Vocabulary.default()
         sums: dict[str, list[float]] = {}
+        phase_sums: dict[str, dict[str, list[float]]] = {}
+        phase_voxels: dict[str, int] = {}
         ch_sums = np.zeros((N_CHANNELS, 2))
-        for y, lab in samples:
+        for item in samples:
+            y, lab = item[0], item[1]
+            phase = item[2] if len(item) > 2 else None
             ids, inv = np.unique(lab, return_inverse=True)
             s = np.bincount(inv.ravel(), weights=y.ravel().astype(np.float64))
             n = np.bincount(inv.ravel())
+            if phase is not None:
+                phase_voxels[phase] = phase_voxels.get(phase, 0) + int((lab > 0).sum())
             for i, si, ni in zip(ids, s, n):
                 name = "outside" if i == 0 else vocab.name(int(i))
-                acc = sums.setdefault(name, [0.0, 0.0])
-                acc[0] += si
-                acc[1] += ni
+                for table in (sums, phase_sums.setdefault(phase, {}) if phase is not None else None):
+                    if table is not None:
+                        acc = table.setdefault(name, [0.0, 0.0])
+                        acc[0] += si
+                        acc[1] += ni
                 ch = 0 if i == 0 else channel_of_name(name, vocab)
                 ch_sums[ch] += (si, ni)
         by_name = {k: v[0] / v[1] for k, v in sums.items() if v[1] > 0}
+        by_phase = {ph: {k: v[0] / v[1] for k, v in t.items() if v[1] > 0} for ph, t in sorted(phase_sums.items())}
 
         fallback = {"outside": -1000.0, "body": 0.0, "lung": -850.0, "airway": -950.0, "bone": 500.0}
         by_channel = []
@@ -132,27 +148,41 @@ class Prior:
                 by_channel.append(float(ch_sums[k, 0] / ch_sums[k, 1]))
             else:
                 by_channel.append(float(hu_to_model(np.float32(fallback.get(name, 40.0)))))
-        return cls(by_name=by_name, by_channel=by_channel)
+        default = max(phase_voxels, key=phase_voxels.get) if phase_voxels else None
+        return cls(by_name=by_name, by_channel=by_channel, by_phase=by_phase, default_phase=default)
 
-    def image(self, labels) -> np.ndarray:
-        """Float32 prior image (model units) of a label `Volume`: each voxel its structure's mean."""
+    def phase_for(self, phase: str | None) -> str | None:
+        """The phase whose means `image` uses for a prompt's ``phase`` (None or "auto": the default)."""
+        if phase in self.by_phase:
+            return phase
+        return self.default_phase if phase in (None, "auto") else None
+
+    def image(self, labels, phase: str | None = None) -> np.ndarray:
+        """Float32 prior image (model units) of a label `Volume`: each voxel its structure's mean in
+        ``phase`` (see `phase_for`), else its pooled mean, else its channel's."""
         arr = np.asarray(labels.numpy())
         vocab = labels.vocab or Vocabulary.default()
+        table = self.by_phase.get(self.phase_for(phase), {})
         ids = np.unique(arr)
         lut = np.zeros(int(ids.max()) + 1, dtype=np.float32)
         for i in ids:
             i = int(i)
             name = "outside" if i == 0 else (vocab.name(i) if i in vocab else "")
             ch = 0 if i == 0 else channel_of_name(name, vocab)
-            lut[i] = self.by_name.get(name, self.by_channel[ch])
+            lut[i] = table.get(name, self.by_name.get(name, self.by_channel[ch]))
         return lut[arr]
 
     def to_json(self) -> str:
-        return json.dumps({"by_name": self.by_name, "by_channel": dict(zip(CHANNEL_NAMES, self.by_channel))},
-                          indent=1, sort_keys=True)
+        d = {"by_name": self.by_name, "by_channel": dict(zip(CHANNEL_NAMES, self.by_channel))}
+        if self.by_phase:
+            d.update(by_phase=self.by_phase, default_phase=self.default_phase)
+        return json.dumps(d, indent=1, sort_keys=True)
 
     @classmethod
     def from_mapping(cls, m: Mapping) -> Prior:
         ch = m["by_channel"]
+        by_phase = {str(p): {str(k): float(v) for k, v in t.items()} for p, t in m.get("by_phase", {}).items()}
+        default = m.get("default_phase")
         return cls(by_name={str(k): float(v) for k, v in m["by_name"].items()},
-                   by_channel=[float(ch[c]) for c in CHANNEL_NAMES])
+                   by_channel=[float(ch[c]) for c in CHANNEL_NAMES], by_phase=by_phase,
+                   default_phase=str(default) if default is not None else None)

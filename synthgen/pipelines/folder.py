@@ -7,6 +7,7 @@ A pipeline folder (written by `save_components`, i.e. ``save_pretrained``) holds
     vae/ unet/ text_encoder/ controlnet/ segmenter/    config.yaml + model.safetensors each
     scheduler/scheduler_config.json                   diffusers' own scheduler config
     training_thumbnails.safetensors                   for the memorisation check
+    texture/bank.safetensors                          real detail per tissue (`synthgen.models.texture`), optional
 
 A training run folder (``synthgen train --out RUN``) is read as one too: its settings come from
 ``train_config.yaml`` + ``latent.json``. A folder without ``scheduler/`` (a training run, the
@@ -36,6 +37,7 @@ from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig, bui
 from synthgen.models.sampling import SCHEDULERS, accepted_settings, make_scheduler, scheduler_class
 from synthgen.models.segmenter import SegmenterConfig, load_segmenter
 from synthgen.models.text_encoder import SpecEncoder
+from synthgen.models.texture import BANK_FILE, TextureBank
 
 #: The networks of a pipeline, each in its own sub-folder; controlnet and segmenter are optional.
 NETWORKS = ("vae", "unet", "text_encoder", "controlnet", "segmenter")
@@ -106,7 +108,7 @@ class WeightFiles:
 
     @classmethod
     def of(cls, folder: Path) -> WeightFiles:
-        names = [*(f"{c}/model.safetensors" for c in NETWORKS), "prior.json"]
+        names = [*(f"{c}/model.safetensors" for c in NETWORKS), "prior.json", f"texture/{BANK_FILE}"]
         return cls(folder=folder, files=tuple(InputRef(name=n, sha256=sha256_file(folder / n))
                                               for n in names if (folder / n).is_file()))
 
@@ -127,6 +129,7 @@ def load_components(folder: str | os.PathLike, *, fallback_scheduler: str) -> di
         "controlnet": None, "segmenter": None,
         "scheduler": _load_scheduler(folder, settings, fallback_scheduler),
         "prior": Prior.from_mapping(_read_json_object(_need(folder / "prior.json"), folder)),
+        "texture": TextureBank.load(folder / "texture") if (folder / "texture" / BANK_FILE).is_file() else None,
         "settings": settings,
         "thumbnails": TrainingThumbnails.read(folder / THUMBNAILS) if (folder / THUMBNAILS).is_file() else None,
         "weights": WeightFiles.of(folder),
@@ -155,6 +158,8 @@ def save_components(components: Mapping[str, Any], folder: str | os.PathLike, *,
             save_config(configs[name], tmp / name / "config.yaml", overwrite=True)
         components["scheduler"].save_pretrained(tmp / "scheduler")
         (tmp / "prior.json").write_text(components["prior"].to_json())
+        if components["texture"] is not None:
+            components["texture"].save(tmp / "texture")
         (tmp / "pipeline.json").write_text(settings.to_json())
         if components["thumbnails"] is not None:
             components["thumbnails"].write(tmp / THUMBNAILS)

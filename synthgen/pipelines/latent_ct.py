@@ -2,7 +2,7 @@
 text -> CT, lesion inpainting.
 
 A pipeline is its components (vae, unet, text_encoder, controlnet, scheduler, segmenter, plus
-the prior, the settings, the training thumbnails and the weight files' hashes), passed to its
+the prior, the texture bank, the settings, the training thumbnails and the weight files' hashes), passed to its
 constructor and listed by `LatentCTPipeline.components`, so ``MaskToCTPipeline(**pipe.components)``
 converts one pipeline into another; `from_pretrained` / `save_pretrained` read and write them all
 (`synthgen.pipelines.folder`). Each ``__call__`` validates every argument first
@@ -12,8 +12,10 @@ converts one pipeline into another; `from_pretrained` / `save_pretrained` read a
 Generation: label map -> prior image ``P`` (each structure its training mean) -> VAE latent
 ``zp``; the diffusion UNet (+ ControlNet on the grouped one-hot labels, cross-attention on the
 spec tokens) samples the residual ``r``; ``z = zp + r / scale`` is decoded (tiled when large),
-corrected by the VAE's own error on the prior (``+ P - decode(zp)``) and mapped back to HU. Every
-output is marked synthetic and comes with its label map and a `Record`.
+corrected by the VAE's own error on the prior (``+ P - decode(zp)``) and mapped back to HU; then,
+when the weights carry a texture bank, each tissue's detail below a few voxels is synthesised
+from the real patients' (`synthgen.models.texture`). Every output is marked synthetic and comes
+with its label map and a `Record`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from synthgen.models.sampling import (
     switch_scheduler,
 )
 from synthgen.models.text_encoder import collate, spec_to_indices
+from synthgen.models.texture import TextureBank, apply_texture
 from synthgen.pipelines.folder import (
     PipelineSettings,
     TrainingThumbnails,
@@ -86,8 +89,8 @@ DEFAULT_WEIGHTS = "weights/ct-cpu"
 TILE_ABOVE = 32**3
 DECODE_TILE = 24
 #: What `LatentCTPipeline.components` lists: the constructor's arguments but ``device``.
-COMPONENTS = ("vae", "unet", "text_encoder", "controlnet", "scheduler", "segmenter", "prior", "settings",
-              "thumbnails", "weights")
+COMPONENTS = ("vae", "unet", "text_encoder", "controlnet", "scheduler", "segmenter", "prior", "texture",
+              "settings", "thumbnails", "weights")
 _UNSET: Any = object()  # check_inputs: an argument the calling pipeline does not have
 
 
@@ -157,8 +160,9 @@ class LatentCTPipeline:
 
     def __init__(self, *, vae: torch.nn.Module, unet: torch.nn.Module, text_encoder: torch.nn.Module,
                  scheduler: Any, prior: Prior, settings: PipelineSettings, controlnet: torch.nn.Module | None = None,
-                 segmenter: torch.nn.Module | None = None, thumbnails: TrainingThumbnails | None = None,
-                 weights: WeightFiles | None = None, device: str | torch.device | None = None) -> None:
+                 segmenter: torch.nn.Module | None = None, texture: TextureBank | None = None,
+                 thumbnails: TrainingThumbnails | None = None, weights: WeightFiles | None = None,
+                 device: str | torch.device | None = None) -> None:
         if (segmenter is None) != (settings.segmenter is None):
             raise ValueError("segmenter and settings.segmenter come together (the config is saved with it)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -167,7 +171,7 @@ class LatentCTPipeline:
         self.controlnet = controlnet.to(self.device).eval() if controlnet is not None else None
         self.segmenter = segmenter.eval() if segmenter is not None else None
         self.scheduler, self.prior, self.settings = scheduler, prior, settings
-        self.thumbnails, self.weights = thumbnails, weights
+        self.texture, self.thumbnails, self.weights = texture, thumbnails, weights
 
     @property
     def components(self) -> dict[str, Any]:
@@ -253,22 +257,29 @@ class LatentCTPipeline:
 
     def generate_ct(self, labels: Volume, spec: PromptSpec | None, *, generator: torch.Generator, steps: int,
                     guidance: float, scheduler: SchedulerName | None, tile: int | None, prior_correction: bool,
-                    progress: bool, details: dict, started: float) -> CTPipelineOutput:
+                    texture: bool, progress: bool, details: dict, started: float) -> CTPipelineOutput:
         """The step every label-map-conditioned pipeline shares: a CT for ``labels`` and its record
-        (``details`` added to it; ``started``: `time.perf_counter` at the call's start)."""
+        (``details`` added to it; ``started``: `time.perf_counter` at the call's start).
+        ``texture``: synthesise each tissue's fine detail from the texture bank (when the weights
+        have one; seeded by ``generator.initial_seed()``)."""
         hu, tile = self._label_map_to_hu(labels, spec, generator=generator, steps=steps, guidance=guidance,
                                          scheduler=scheduler, tile=tile, prior_correction=prior_correction,
                                          progress=progress)
-        ct = Volume(np.rint(hu).astype(np.int16), labels.affine, kind="intensity", units="HU", modality="CT",
-                    source="synthgen latent diffusion", synthetic=True,
+        ct = Volume(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), labels.affine, kind="intensity", units="HU",
+                    modality="CT", source="synthgen latent diffusion", synthetic=True,
                     meta={"generator": f"synthgen {__version__} {type(self).__name__}"})
+        texture_info = None
+        if texture and self.texture is not None:
+            ct, texture_info = apply_texture(ct, labels, self.texture, seed=generator.initial_seed())
         parameters = {
             "prompt": spec.text if spec is not None else None, "spec": spec.to_dict() if spec is not None else None,
             "steps": int(steps), "guidance": float(guidance), "scheduler": self.scheduler_name(scheduler),
             "shape": list(labels.shape), "spacing_mm": [round(float(s), 4) for s in labels.spacing],
-            "tile": tile, "prior_correction": bool(prior_correction)}
+            "tile": tile, "prior_correction": bool(prior_correction), "texture": bool(texture),
+            "prior_phase": self.prior.phase_for(spec.phase if spec is not None else None)}
         record = self.provenance(parameters, generator=generator, started=started,
-                                 details={**details, "controlnet": self.controlnet is not None})
+                                 details={**details, "controlnet": self.controlnet is not None,
+                                          "texture": texture_info})
         return CTPipelineOutput(ct=ct, labels=labels.replace(synthetic=True, source="synthgen label map"),
                                 record=record)
 
@@ -283,7 +294,8 @@ class LatentCTPipeline:
         lab = np.zeros([math.ceil(n / m) * m for n in shape], dtype=np.asarray(labels.numpy()).dtype)
         lab[: shape[0], : shape[1], : shape[2]] = labels.numpy()
         padded = labels.replace(array=lab)  # the same origin and axes, grown to the UNet multiple
-        prior_img = torch.from_numpy(self.prior.image(padded))[None, None].to(self.device)
+        phase = spec.phase if spec is not None else None
+        prior_img = torch.from_numpy(self.prior.image(padded, phase))[None, None].to(self.device)
         zp = self.vae.encode(prior_img)[0]
         z = self.sample(zp, padded, spec, labels.spacing, steps=steps, guidance=guidance, scheduler=scheduler,
                         generator=generator, progress=progress)
@@ -314,13 +326,14 @@ class MaskToCTPipeline(LatentCTPipeline):
     def __call__(self, labels: Volume, prompt: str | PromptSpec | None = None, *,
                  num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
                  scheduler: SchedulerName | None = None, generator: torch.Generator | None = None,
-                 tile: int | None = None, prior_correction: bool = True, progress: bool = False) -> CTPipelineOutput:
+                 tile: int | None = None, prior_correction: bool = True, texture: bool = True,
+                 progress: bool = False) -> CTPipelineOutput:
         """Generate a CT for ``labels`` (a label Volume); ``prompt`` is text, a PromptSpec or None.
         ``tile``: the decode tile in latent voxels (None: whole, or `DECODE_TILE` when large);
-        ``prior_correction``: see `LatentCTPipeline.generate_ct`."""
+        ``prior_correction``, ``texture``: see `LatentCTPipeline.generate_ct`."""
         self.check_inputs(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           scheduler=scheduler, generator=generator, prompt=prompt, labels=labels, tile=tile,
-                          prior_correction=prior_correction, progress=progress)
+                          prior_correction=prior_correction, texture=texture, progress=progress)
         started = time.perf_counter()
         spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
         generator, warnings = resolve_generator(generator)
@@ -329,8 +342,8 @@ class MaskToCTPipeline(LatentCTPipeline):
         details = {"label_source": "user label map", "lesions": [], "warnings": warnings}
         return self.generate_ct(labels, spec, generator=generator, steps=num_inference_steps,
                                 guidance=guidance_scale, scheduler=scheduler, tile=tile,
-                                prior_correction=prior_correction, progress=progress, details=details,
-                                started=started)
+                                prior_correction=prior_correction, texture=texture, progress=progress,
+                                details=details, started=started)
 
 
 class TextToCTPipeline(LatentCTPipeline):
@@ -341,7 +354,7 @@ class TextToCTPipeline(LatentCTPipeline):
                  spacing: float = DEFAULT_SPACING_MM, num_inference_steps: int = DEFAULT_STEPS,
                  guidance_scale: float = DEFAULT_GUIDANCE, scheduler: SchedulerName | None = None,
                  generator: torch.Generator | None = None, tile: int | None = None, prior_correction: bool = True,
-                 progress: bool = False) -> CTPipelineOutput:
+                 texture: bool = True, progress: bool = False) -> CTPipelineOutput:
         """A CT and its label map for ``prompt``. ``labels``: condition on this label map instead of
         building one (``size`` and ``spacing``, voxels and mm of the built one, are then unused);
         the map decides the anatomy and ``details["warnings"]`` names each finding it lacks.
@@ -349,7 +362,7 @@ class TextToCTPipeline(LatentCTPipeline):
         grid = {"labels": labels} if labels is not None else {"size": size, "spacing": spacing}
         self.check_inputs(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           scheduler=scheduler, generator=generator, prompt=prompt, tile=tile,
-                          prior_correction=prior_correction, progress=progress, **grid)
+                          prior_correction=prior_correction, texture=texture, progress=progress, **grid)
         started = time.perf_counter()
         spec = prompt if isinstance(prompt, PromptSpec) else parse_prompt(prompt)
         generator, warnings = resolve_generator(generator)
@@ -359,10 +372,11 @@ class TextToCTPipeline(LatentCTPipeline):
             details = {"label_source": "user label map", "lesions": []}
         else:
             built = label_map_for(spec, size=size, spacing=spacing, seed=generator.initial_seed())
-            labels, details = built.labels, {"label_source": built.source, "lesions": built.lesions}
+            labels, details = built.labels, {"label_source": built.source, "lesions": built.lesions,
+                                             "anatomy": built.anatomy}
         return self.generate_ct(labels, spec, generator=generator, steps=num_inference_steps,
                                 guidance=guidance_scale, scheduler=scheduler, tile=tile,
-                                prior_correction=prior_correction, progress=progress,
+                                prior_correction=prior_correction, texture=texture, progress=progress,
                                 details={**details, "warnings": warnings}, started=started)
 
 
@@ -420,7 +434,8 @@ class LesionInpaintPipeline(LatentCTPipeline):
         g_ct, g_lab = sub_ct.resample_to(grid, fill=-1024.0), sub_lab.resample_to(grid)
         g_region = Volume(box.region[box.slices].astype(np.uint8), sub_ct.affine, kind="label").resample_to(grid)
         known_mask = torch.from_numpy(latent_known_mask(g_region.numpy() > 0, self.factor))[None, None]
-        z = self.sample(self.encode(self.prior.image(g_lab)), g_lab, spec, [model_spacing] * 3, steps=steps,
+        prior = self.prior.image(g_lab, spec.phase if spec is not None else None)
+        z = self.sample(self.encode(prior), g_lab, spec, [model_spacing] * 3, steps=steps,
                         guidance=1.0, scheduler=scheduler, generator=generator,
                         known=self.encode(hu_to_model(g_ct.numpy())), known_mask=known_mask.to(self.device),
                         progress=progress)

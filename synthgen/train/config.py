@@ -11,8 +11,22 @@ from synthgen.models.networks import DiffusionConfig, UNetConfig, VAEConfig
 from synthgen.models.segmenter import SegmenterConfig
 from synthgen.train.data import DataConfig
 
-#: The stages, in the order they train (each after the ones it builds on).
+#: The stages that run the training loop, in the order they train (each after the ones it builds on).
 STAGES = ("vae", "ldm", "controlnet", "segmenter")
+#: Every stage `synthgen train` takes: the loop stages and the texture bank (no loop: real detail
+#: blocks cut from the training patients, `synthgen.models.texture`).
+ALL_STAGES = (*STAGES, "texture")
+
+
+@dataclasses.dataclass
+class TextureConfig:
+    """The texture bank (`synthgen.models.texture.TextureBank.build`): blocks of ``block`` voxels
+    of real detail below a Gaussian of ``sigma_vox`` voxels, ``blocks`` per tissue and spacing."""
+
+    spacings: list[float] = dataclasses.field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0])
+    block: int = 8
+    sigma_vox: float = 1.5
+    blocks: int = 96
 
 
 @dataclasses.dataclass
@@ -43,6 +57,7 @@ class TrainConfig:
     segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
     segmenter_stage: StageConfig = dataclasses.field(
         default_factory=lambda: StageConfig(steps=600, batch=2, crop=[64, 64, 64], lr=2e-3))
+    texture: TextureConfig = dataclasses.field(default_factory=TextureConfig)
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
     seed: int = 0

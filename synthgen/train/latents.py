@@ -123,21 +123,23 @@ def encode_samples(samples: list[Sample], vae: torch.nn.Module, *, cfg: TrainCon
 def _prior(samples: list[Sample], path: Path, *, write: bool) -> Prior:
     if path.exists():
         return Prior.from_mapping(json.loads(path.read_text()))
-    prior = Prior.measure((hu_to_model(s.ct.numpy()), s.labels.numpy()) for s in samples)
+    prior = Prior.measure((hu_to_model(s.ct.numpy()), s.labels.numpy(), parse_prompt(s.caption).phase)
+                          for s in samples)
     if write:
         path.write_text(prior.to_json())
     return prior
 
 
 def _encode(s: Sample, vae: torch.nn.Module, prior: Prior, *, multiple: int, device: torch.device) -> LatentItem:
+    spec = parse_prompt(s.caption)
     shape = [math.ceil(n / multiple) * multiple for n in s.ct.shape]
     # padded at the high end only: voxel 0, and so the affine, stay valid for the padded grid
     labels = s.labels.replace(array=pad_to(s.labels.numpy(), shape, 0))
     y = pad_to(hu_to_model(s.ct.numpy()), shape, AIR)
     with torch.no_grad():
-        z = vae.encode(torch.from_numpy(np.stack([y, prior.image(labels)])[:, None]).to(device))[0]
+        z = vae.encode(torch.from_numpy(np.stack([y, prior.image(labels, spec.phase)])[:, None]).to(device))[0]
     return LatentItem(z=z[0].cpu(), zp=z[1].cpu(), channels=torch.from_numpy(channel_index(labels)),
-                      tokens=spec_to_indices(parse_prompt(s.caption)),
+                      tokens=spec_to_indices(spec),
                       spacing=torch.tensor(s.ct.spacing, dtype=torch.float32))
 
 

