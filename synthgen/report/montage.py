@@ -80,11 +80,11 @@ def montage(
     width: float = 400.0,
     alpha: float = 0.4,
     height: int = 320,
-    hide: tuple[str, ...] = ("body",),
+    hide: tuple[str, ...] = ("body", "fat"),
 ) -> np.ndarray:
     """RGB uint8 image: axial | coronal | sagittal mid slices, labels blended in colour.
 
-    Structures named in ``hide`` (default: the whole-body envelope) are not coloured.
+    Structures named in ``hide`` (default: the whole-body envelope and its fat) are not coloured.
     """
     canon = ct.to_canonical()
     views = orthogonal_views(canon)
