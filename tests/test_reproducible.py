@@ -3,7 +3,9 @@
 The reference volumes (tests/data/reproducible_ct.npz) were made with the weights retrained on
 the multi-patient corpus with the texture bank (issue 13, 2026-12-08; before that, with the
 weights and code of commit a6544fd, they checked that the diffusers-contract refactor of issue 12
-changed no voxel), on the CPU build of torch 2.13.0. New shipped weights or a new label-map
+changed no voxel), on the CPU build of torch 2.13.0, and regenerated when attention moved to
+PyTorch's fused SDPA (at most 1 HU from MONAI's einsum attention in any voxel; computing the
+ControlNet's label-map embedding once per volume changed no bit). New shipped weights or a new label-map
 library change them on purpose: regenerate them then, and say so.
 Floating-point kernels differ between CPUs (torch picks AVX-512, AVX2 or plain code, oneDNN its
 own), so bit-identity is asserted on the CPU the references were made on (`RECORDED`, keyed by a
@@ -27,8 +29,8 @@ LABELS_SHA = "3c43d22f2ced0dfb23a7fcebfb0f551bc45f407dc55fd68aa22406558cdabaa7"
 #: CPU fingerprint -> scheduler -> sha256 of the CT's int16 voxels.
 RECORDED = {
     "48738b14edcd6a37": {  # torch kernels and CPU flags of the session machine of 2026-12-08
-        "ddim": "bae16c3a814aecbfbcb7a9644e0656b632430c9eff1244458be537225062f3d8",
-        "dpm": "82d44d8627adbc914467bacd4b8796ae4e0918d76f08fed3c919673d87979c17",
+        "ddim": "9c388e7c1973b679c373ef35d08f8b05d35abc1c36442a64ae3b8d7294b32fbd",
+        "dpm": "969a37b6a88707bcd11832129a1c15036f0f094723752cd82442427da0e5c465",
     },
 }
 SCHEDULERS = ("ddim", "dpm")

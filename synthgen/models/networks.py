@@ -36,7 +36,7 @@ class UNetConfig:
     num_head_channels: int = 16
     context_dim: int = 64
     control_channels: list[int] = dataclasses.field(default_factory=lambda: [8, 16, 32])
-    flash_attention: bool = False  # MONAI's SDPA path (set on CUDA)
+    flash_attention: bool = True  # PyTorch SDPA (fused attention, CPU and CUDA; False: MONAI einsum)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ noise schedule, `switch_scheduler` another kind on the noise schedule of a given
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Mapping
@@ -90,6 +91,31 @@ def switch_scheduler(scheduler: Any, name: SchedulerName | None = None):
     return cls.from_config({**shared, **SCHEDULERS[name].settings})
 
 
+class _Constant(torch.nn.Module):
+    """A module that returns ``value`` whatever it is given."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, _: torch.Tensor) -> torch.Tensor:
+        return self.value
+
+
+@contextlib.contextmanager
+def fixed_condition(controlnet, cond: torch.Tensor):
+    """Within the block, ``controlnet``'s conditioning embedding returns that of ``cond``,
+    computed once on entry: the label map is the same at every denoising step, and its embedding
+    (convolutions at image size) would otherwise be recomputed at each. The embedding module is
+    put back on exit."""
+    embedding = controlnet.controlnet_cond_embedding
+    controlnet.controlnet_cond_embedding = _Constant(embedding(cond))
+    try:
+        yield
+    finally:
+        controlnet.controlnet_cond_embedding = embedding
+
+
 @torch.no_grad()
 def sample_latent(unet, encoder, controlnet, *, scheduler: Any, zp: torch.Tensor, channels: torch.Tensor,
                   tokens: dict, spacing: torch.Tensor, scale: float, steps: int, guidance: float = 1.0,
@@ -105,8 +131,6 @@ def sample_latent(unet, encoder, controlnet, *, scheduler: Any, zp: torch.Tensor
     Inpainting: with ``known`` (a latent) and ``known_mask`` (1 where the latent is known, at latent
     size), the known part is re-imposed at every step at the current noise level.
     """
-    from tqdm.auto import tqdm
-
     dev = zp.device
     scheduler.set_timesteps(steps)
     r = torch.randn(zp.shape, generator=generator).to(dev)
@@ -125,6 +149,18 @@ def sample_latent(unet, encoder, controlnet, *, scheduler: Any, zp: torch.Tensor
     if cond is not None and cfg:
         cond = torch.cat([cond, cond])
     known_r = (known - zp) * scale if known is not None else None
+    with fixed_condition(controlnet, cond) if controlnet is not None else contextlib.nullcontext():
+        return zp + _denoise(unet, controlnet, scheduler, r, ctx=ctx, cond=cond, cfg=cfg, guidance=guidance,
+                             generator=generator, known_r=known_r, known_mask=known_mask, progress=progress) / scale
+
+
+def _denoise(unet, controlnet, scheduler, r: torch.Tensor, *, ctx, cond, cfg: bool, guidance: float,
+             generator, known_r, known_mask, progress: bool) -> torch.Tensor:
+    """The reverse loop of `sample_latent` on the residual ``r``: one UNet (+ ControlNet) pass per
+    step, conditional and unconditional as one batch when ``cfg``."""
+    from tqdm.auto import tqdm
+
+    dev = r.device
     for t in tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False):
         x = torch.cat([r, r]) if cfg else r
         x = scheduler.scale_model_input(x, t)
@@ -145,4 +181,4 @@ def sample_latent(unet, encoder, controlnet, *, scheduler: Any, zp: torch.Tensor
                      scheduler.add_noise(known_r, torch.randn(known_r.shape, generator=generator).to(dev),
                                          nxt.reshape(1)))
             r = known_mask * noisy + (1 - known_mask) * r
-    return zp + r / scale
+    return r
