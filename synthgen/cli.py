@@ -123,10 +123,10 @@ def _cmd_lesion_insert(args: argparse.Namespace) -> int:
     if args.spec:
         specs = load_specs(args.spec)
     else:
-        diameter = args.diameter[0] if len(args.diameter) == 1 else tuple(args.diameter)
+        diameter = None if args.diameter is None else args.diameter[0] if len(args.diameter) == 1 else tuple(args.diameter)
         specs = [LesionSpec(type=args.type, organ=args.organ, diameter_mm=diameter, count=args.count,
                             phase=args.phase, seed=args.seed, margin_mm=args.margin, necrosis=args.necrosis,
-                            rim=args.rim, mass_effect_mm=args.mass_effect,
+                            rim=args.rim, mass_effect_mm=args.mass_effect, shape=args.shape,
                             location=tuple(args.location) if args.location else "auto")]
     from synthgen.io import read_pair
 
@@ -135,8 +135,10 @@ def _cmd_lesion_insert(args: argparse.Namespace) -> int:
                         preview=args.preview)
     for les in result.lesions:
         centre = ", ".join(f"{c:.1f}" for c in les.center_mm)
+        origin = (f", LIDC annotation {les.shape['annotation_id']} ({les.shape['patient_id']})"
+                  if les.shape.get("source") == "lidc" else "")
         print(f"{les.label} ({les.label_id}): {les.diameter_mm:.1f} mm at ({centre}) mm, "
-              f"{les.volume_ml:.2f} ml, mean {les.mean_hu:.0f} HU, {les.phase}")
+              f"{les.volume_ml:.2f} ml, mean {les.mean_hu:.0f} HU, {les.phase}{origin}")
     for role, p in paths.items():
         print(f"{role:8s} {p}")
     return 0
@@ -247,8 +249,8 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     from synthgen.expand.job import ExpandSettings, expand_job
 
     settings = ExpandSettings(rare=args.rare, rare_fraction=args.rare_fraction, target=args.target,
-                              budget=args.budget, size=args.size, seed=args.seed, hold_out=args.hold_out,
-                              generator=args.generator,
+                              budget=args.budget, size=args.size, sizes=_numbers(args.sizes, "--sizes"),
+                              phase=args.phase, seed=args.seed, hold_out=args.hold_out, generator=args.generator,
                               dry_run=args.dry_run, analyse_only=args.analyse, overwrite=args.overwrite)
     paths = expand_job(args.dataset, settings, out=args.out, progress=args.progress)
     for role, p in paths.items():
@@ -256,15 +258,30 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(text: str | None, flag: str) -> list[float] | None:
+    """``"6,8,12"`` -> [6.0, 8.0, 12.0]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()] or None
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated numbers (mm), e.g. 6,8,12; got {text!r}") from None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
     from synthgen.expand.evaluate import EvalConfig
+    from synthgen.expand.evaluation import ARMS
     from synthgen.expand.job import evaluate_job
 
     flags = {"seeds": args.seeds, "steps": args.steps, "rare": args.rare}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = load_config(EvalConfig, paths=args.config, overrides=overrides)
-    paths = evaluate_job(args.dataset, cfg, args.out, expanded=args.expanded, task=args.task,
+    if args.arms is not None and args.arms.strip() != "all":
+        cfg = dataclasses.replace(cfg, arms=[a.strip() for a in args.arms.split(",") if a.strip()])
+    elif args.arms is not None:
+        cfg = dataclasses.replace(cfg, arms=list(ARMS))
+    paths = evaluate_job(args.dataset, cfg, args.out, expanded=args.expanded, tests=args.test, task=args.task,
                          overwrite=args.overwrite, progress=args.progress)
     for role, p in paths.items():
         print(f"{role:10s} {p}")
@@ -401,9 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ct", help="CT in HU")
     p.add_argument("--labels", required=True, metavar="L", help="its label map (the host organ must be in it)")
     p.add_argument("--organ", default="liver", help="host organ: a vocabulary name or group (liver, kidney, lung, ...)")
-    p.add_argument("--type", default="tumor", help="tumor, cyst, metastasis, nodule_solid, nodule_ground_glass, hemorrhage")
-    p.add_argument("--diameter", type=float, nargs="+", default=[20.0], metavar="MM",
-                   help="sphere-equivalent diameter in mm, or MIN MAX to sample")
+    p.add_argument("--type", default="tumor", help="tumor, cyst, metastasis, nodule_solid, nodule_ground_glass, "
+                   "nodule_part_solid, hemorrhage")
+    p.add_argument("--diameter", type=float, nargs="+", metavar="MM",
+                   help="sphere-equivalent diameter in mm, or MIN MAX to sample (default: 20 mm; "
+                        "LIDC nodule shapes: the real sizes of the type)")
+    p.add_argument("--shape", default="auto", help="auto, procedural or lidc (real nodule outlines; auto: lidc "
+                   "for nodules when that data source is installed)")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--phase", default="auto", help="non_contrast, arterial, portal_venous, delayed or auto")
     p.add_argument("--seed", type=int, default=0)
@@ -472,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="balance", help="balance | fraction=F | count=N (default balance)")
     p.add_argument("--budget", type=int, default=None, help="at most this many synthetic cases")
     p.add_argument("--size", type=float, default=None, metavar="MM",
-                   help="lesion diameter (default: matched to the real lesions of the class)")
+                   help="one lesion diameter for every item (default: matched to the real lesions of the class, "
+                        "or the lesion spec's default for a class no case contains)")
+    p.add_argument("--sizes", default=None, metavar="MM,MM,...",
+                   help="lesion diameters each item draws one of, e.g. 6,8,12 (instead of --size)")
+    p.add_argument("--phase", default="auto",
+                   help="contrast phase of inserted lesions: auto (matched to the real lesions, else estimated "
+                        "per host), non_contrast, arterial, portal_venous or delayed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generator", choices=["insert", "diffusion"], default="insert",
                    help="insert: lesion engine into real host scans (default); diffusion: whole new cases "
@@ -489,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="the real dataset (as for expand)")
     p.add_argument("--expanded", default=None,
                    help="folder holding the synthetic cases and synthetic_manifest.jsonl (default: the dataset)")
+    p.add_argument("--test", action="append", default=[], metavar="OTHER",
+                   help="an external test set (any layout expand reads; classes matched by name), never trained or "
+                        "validated on; repeat for several. The dataset's own test split is still reported")
+    p.add_argument("--arms", default=None,
+                   help="comma-separated arms to train (default all): real, weighted, real+synthetic, "
+                        "weighted+synthetic, synthetic-only-positives")
     p.add_argument("--task", choices=["seg", "cls"], default=None, help="check the dataset is this kind of task")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")

@@ -104,7 +104,7 @@ def test_evaluate_runs_every_arm_and_keeps_synthetic_out_of_val_and_test(demo, t
     assert manifest and {r["host"] for r in manifest} <= set(split["train"])  # --hold-out
     cfg = EvalConfig(seeds=2, steps=4, val_every=2, batch=2, patch=[16, 16, 16], channels=[4, 8])
     ev = evaluate(ds, expanded=out, cfg=cfg, progress=False)
-    assert list(ev.arms) == ["real", "weighted", "real+synthetic"]
+    assert list(ev.arms) == ["real", "weighted", "real+synthetic", "weighted+synthetic", "synthetic-only-positives"]
     assert ev.split.synthetic == len(manifest) and ev.split.synthetic_dropped == 0
     assert ev.arms["real+synthetic"].n_train == ev.arms["real"].n_train + len(manifest)
     assert not (set(ev.split_ids["val"]) | set(ev.split_ids["test"])) & {r["name"] for r in manifest}

@@ -117,7 +117,7 @@ def test_report_files_sections_and_tables(report):
     assert "Toy &lt;expansion&gt; &amp; report" in text  # escaped title
     assert re.search(r'<tr class="rare"><td>liver_tumor <span class="tag">RARE</span>', text)
     assert re.search(r"<td>(<b>)?0\.\d{3} ± 0\.\d{3}(</b>)?</td>", text)
-    assert text.count("<h3>dice (mean ± std") == 1 and "<h3>recall" in text and "<h3>f1" in text
+    assert text.count("<h4>dice (mean ± std") == 1 and "<h4>recall" in text and "<h4>f1" in text
     assert "real+synthetic - weighted" in text and "beats both arms" in text
     assert "synth_liver_tumor_0000" in text and "host toy_" in text  # plan table + gallery caption
     assert "synthetic_dropped" in text and "32x32x32 patches" in text
@@ -152,9 +152,9 @@ def test_sections_are_optional_and_inputs_checked(expanded, tmp_path):
                    "summary": {"tumour": {"recall": {"mean": 0.5, "std": 0.0},
                                           "precision": {"mean": 0.25, "std": 0.1}}}} for a in ("real", "weighted")})
     text = write_report(tmp_path / "cls", title="c", evaluation=Evaluation.from_dict(doc)).read_text()
-    assert "<h3>precision (mean" in text and "0.250 ± 0.100" in text
+    assert "<h4>precision (mean" in text and "0.250 ± 0.100" in text
     assert "Validation recall of tumour" in text and len(_img_srcs(text)) == 1  # curves keyed "val" also drawn
-    assert "No deltas: the evaluation has no real+synthetic arm" in text and "<td>normal</td><td>–</td>" in text
+    assert "No deltas: the evaluation has no arm to compare" in text and "<td>normal</td><td>–</td>" in text
     with pytest.raises(InputError, match="already exists; refusing to overwrite"):
         write_report(tmp_path / "empty", title="again")
     assert write_report(tmp_path / "empty", title="again", summary=summary, overwrite=True).read_text().count(

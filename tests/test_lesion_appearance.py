@@ -29,6 +29,7 @@ ABDOMINAL = ("liver", "kidney", "spleen", "pancreas")
 REQUIRED_PAIRS = {(t, o) for t in ("tumor", "cyst", "metastasis", "hemorrhage") for o in ABDOMINAL} | {
     ("nodule_solid", "lung"),
     ("nodule_ground_glass", "lung"),
+    ("nodule_part_solid", "lung"),
     ("metastasis", "lung"),
 }
 

@@ -7,6 +7,7 @@ import pytest
 from synthgen import io
 from synthgen.cli import main
 from synthgen.errors import InputError
+from synthgen.expand.evaluation import ARMS
 from synthgen.io.record import Record
 from synthgen.recipes import known_tasks, load_recipe, run_recipe
 
@@ -110,7 +111,7 @@ def test_expander_recipe_chains_steps_by_reference(tmp_path):
     assert not list(src.glob("*/synth_*")) and (res["expand"]["dataset"] / "synthetic_manifest.jsonl").is_file()
     assert {p: sha256_file(p) for p in src.rglob("*") if p.is_file()} == before
     doc = json.loads(res["evaluate"]["evaluation"].read_text())
-    assert doc["split"]["synthetic"] > 0 and set(doc["arms"]) == {"real", "weighted", "real+synthetic"}
+    assert doc["split"]["synthetic"] > 0 and set(doc["arms"]) == set(ARMS)
     html = res["evaluate"]["report"].read_text()
     assert "preview.png" in html and "liver_tumor" in html
     with pytest.raises(InputError, match="names no earlier step"):
@@ -125,7 +126,7 @@ def test_demo_recipe_end_to_end(tmp_path, example):
     evaluation covers three seeds of every arm on the demo task."""
     assert main(["run", "pipelines/demo.yaml", "--out", str(tmp_path / "demo"), "-q"]) == 0
     doc = json.loads((tmp_path / "demo/evaluate/evaluation.json").read_text())
-    assert doc["seeds"] == [0, 1, 2] and set(doc["arms"]) == {"real", "weighted", "real+synthetic"}
+    assert doc["seeds"] == [0, 1, 2] and set(doc["arms"]) == set(ARMS)
     assert doc["split"]["synthetic"] == 24 and doc["split"]["synthetic_dropped"] == 0
     html = (tmp_path / "demo/evaluate/report.html").read_text()
     for name in ("PA_overlay.png", "LAT_overlay.png", "preview.png", "liver_tumor"):

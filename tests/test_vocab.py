@@ -62,10 +62,11 @@ def test_body_and_lesions_follow_without_collision(vocab):
     assert vocab.id("body") == 200
     assert vocab.id("fat") == 199  # fat split from the body by HU (synthgen.anatomy.ops.split_fat)
     lesions = vocab.ids("lesions")
-    assert len(lesions) == 23 and min(lesions) == 201
-    assert lesions == tuple(range(201, 224))  # consecutive
+    assert len(lesions) == 24 and min(lesions) == 201
+    assert lesions == tuple(range(201, 225))  # consecutive
     assert vocab.id("liver_tumor") == 201 and vocab.id("adrenal_tumor") == 220
-    assert len(vocab) == 117 + 2 + 23
+    assert vocab.id("lung_nodule_part_solid") == 224
+    assert len(vocab) == 117 + 2 + 24
     assert len(set(vocab.names)) == len(vocab)  # names unique
     assert 0 not in vocab and "background" not in vocab
 

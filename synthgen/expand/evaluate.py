@@ -1,13 +1,10 @@
 """`synthgen evaluate`: does the synthetic data help a downstream model? Train and measure.
 
-Three arms, each trained once per seed on the same fixed real split (`synthgen.expand.split`):
-
-- ``real``: the real training cases;
-- ``weighted``: the same cases with class-balanced case sampling (a case is drawn in proportion
-  to the inverse frequency of the rarest class it contains) and a class-weighted loss, the usual
-  answer to imbalance without new data;
-- ``real+synthetic``: the real training cases plus the synthetic cases whose host scan is a
-  training case (a synthetic case built on a validation or test scan is dropped and counted).
+The arms (`synthgen.expand.arms` says exactly what each trains on), each trained once per seed
+on the same fixed real split (`synthgen.expand.split`): ``real``; ``weighted`` (class-balanced
+sampling and a class-weighted loss); ``real+synthetic``; ``weighted+synthetic``; and
+``synthetic-only-positives`` (no real case of a rare class is trained on: the finding is seen
+only through synthetic cases). ``cfg.arms`` picks them (default: all).
 
 Validation and test are real cases only. Every case is brought to canonical orientation first
 (`Case`), so all cases share one voxel-axis order and the left-right flip of training really
@@ -16,14 +13,23 @@ thirds centred on a foreground voxel of a class the case contains, the class dra
 1/sqrt(its voxel count in the case, so small structures such as lesions come first) with
 cross-entropy + Dice;
 the checkpoint with the best mean validation Dice is tested. Per class it reports voxel Dice
-pooled over the test cases and lesion-level recall, precision and F1 (a connected component
-counts as found when the prediction of its class touches it). Classification trains a small
-MONAI CNN (`monai.networks.nets.Classifier`) on the whole image resampled to ``size`` and
-reports per-class recall, precision and F1. Seeds pair across arms: arm k with seed s starts
-from the same weights and sees the same random stream, so differences come from the data.
+pooled over the test cases and lesion-level recall, precision and F1 (`synthgen.expand.metrics`).
+Classification trains a small MONAI CNN (`monai.networks.nets.Classifier`) on the whole image
+resampled to ``size`` and reports per-class recall, precision and F1. Seeds pair across arms: arm k
+with seed s starts from the same weights and sees the same random stream, so differences come from
+the data.
+
+Test sets: the dataset's own test split (``internal``) always, and every external test set given
+(``tests``, `synthgen evaluate --test`: a user's real held-out cases, read by the same readers,
+classes matched by name, `synthgen.expand.testsets`). With external sets the dataset's split is
+unchanged: its training and validation parts train and pick the checkpoint, and its test part is
+still reported, so the numbers compare with a run without ``--test`` and a gap between the
+internal and an external set shows how far the dataset's own cases flatter the model.
 
 "Beats by more than the seed spread" means the difference of means is larger than the sum of
 the two arms' standard deviations (sample std over seeds): the mean ± std bars do not overlap.
+Under ``torchrun`` the (arm, seed) runs are split across the ranks (`synthgen.expand.arms.runs_of_rank`);
+N ranks train the runs one rank trains and return the same `Evaluation`.
 `evaluate` returns the findings as an `synthgen.expand.evaluation.Evaluation` (``evaluation.json``).
 """
 
@@ -31,112 +37,51 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.expand.analysis import analyse
+from synthgen.expand.analysis import Analysis, analyse
+from synthgen.expand.arms import ArmData, RunResult, arm_data, case_weights, encode_runs, in_order, runs_of_rank
+from synthgen.expand.cases import Case, cls_case, seg_case
 from synthgen.expand.dataset import Dataset, Item
 from synthgen.expand.evaluation import (
+    INTERNAL,
+    SYNTHETIC_ARMS,
     ArmResult,
     CurvePoint,
     EvalConfig,
     Evaluation,
+    ExternalResult,
     Metrics,
     SeedRun,
     SplitSizes,
     deltas_and_verdict,
+    synthetic_drops,
 )
 from synthgen.expand.manifest import read_manifest
-from synthgen.expand.plan import lesion_of_class
+from synthgen.expand.metrics import cls_metrics, dice_sums, pooled_dice, seg_metrics
 from synthgen.expand.split import fixed_split
+from synthgen.expand.testsets import read_test_sets
 from synthgen.io import read, read_pair
 from synthgen.train.loop import private_rng
-from synthgen.volume import Volume
-
-#: Units of a case's image: HU mapped through the config's window onto [-1, 1].
-NORMALISED = "HU window -> [-1, 1]"
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One case as the downstream model sees it.
-
-    ``image``: the CT windowed to [-1, 1] (units `NORMALISED`) in canonical orientation
-    (`Volume.to_canonical`: voxel axes as close to R, A, S as the grid allows), so that voxel axis 0
-    runs along the patient's left-right axis in every case and the training flip
-    (`mirror_left_right`) mirrors left and right, whatever the file's voxel order. Segmentation:
-    ``label`` is the label map of class indices (0 background) on the image's grid and ``fg`` the
-    voxel indices of each class present. Classification: ``label`` is the class index and the image
-    is resampled to the network's input size (its affine says where those voxels lie).
-    """
-
-    id: str
-    image: Volume
-    label: Volume | int
-    fg: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
-
-    @property
-    def pixels(self) -> np.ndarray:
-        """The image array, (I, J, K) float32."""
-        return self.image.numpy()
-
-    @property
-    def target(self) -> np.ndarray | int:
-        """What the model must predict: the (I, J, K) int64 class-index array, or the class index."""
-        return self.label.numpy() if isinstance(self.label, Volume) else self.label
 
 
 # ------------------------------------------------------------------ data
-def _normalise(hu: np.ndarray, window: list[float]) -> np.ndarray:
-    lo, hi = window
-    return (np.clip(hu, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
-
-
-def seg_case(ct: Volume, labels: Volume, lut: np.ndarray, cfg: EvalConfig, cid: str) -> Case:
-    """A segmentation case from a CT and its label map (one grid): canonical orientation, resampled
-    to ``cfg.spacing`` if set, label values mapped to class indices by ``lut`` (value -> index)."""
-    ct.check_same_grid(labels, names=(f"{cid} image", f"{cid} label map"))
-    ct, labels = ct.to_canonical(), labels.to_canonical()
-    if cfg.spacing:
-        ct = ct.resample(cfg.spacing)
-        labels = labels.resample_to(ct)
-    arr = np.asarray(labels.numpy()).astype(np.int64)
-    if arr.max() >= lut.size:
-        raise InputError(f"{cid}: label value {arr.max()} is not a declared class")
-    idx = lut[arr]
-    fg = {int(c): np.argwhere(idx == c) for c in np.unique(idx) if c > 0}
-    img = _normalise(np.asarray(ct.numpy(), np.float32), cfg.window).astype(np.float32)
-    return Case(cid, ct.replace(array=img, units=NORMALISED),
-                labels.replace(array=idx, vocab=None, units="class index"), fg)
-
-
-def cls_case(ct: Volume, cls: int, cfg: EvalConfig, cid: str) -> Case:
-    """A classification case: the whole CT in canonical orientation, windowed and resized
-    (trilinear, ``align_corners=False``) to ``cfg.size``."""
-    import torch
-
-    ct = ct.to_canonical()
-    x = torch.from_numpy(_normalise(np.asarray(ct.numpy(), np.float32), cfg.window))[None, None]
-    x = torch.nn.functional.interpolate(x, size=tuple(cfg.size), mode="trilinear", align_corners=False)
-    scale = np.asarray(ct.shape, float) / np.asarray(cfg.size, float)
-    resize = np.eye(4)  # voxel n of the resized grid sits at (n + 0.5) * scale - 0.5 of the original
-    resize[:3, :3] = np.diag(scale)
-    resize[:3, 3] = 0.5 * scale - 0.5
-    return Case(cid, ct.replace(array=x[0, 0].numpy().astype(np.float32), affine=ct.affine @ resize,
-                                units=NORMALISED), int(cls))
-
-
-def _synthetic_items(expanded: Path, train_ids: set[str]) -> tuple[list[tuple[str, Path, Path, str]], int]:
-    """(id, image, label, class) of the manifest's synthetic cases hosted by training scans; dropped count."""
-    keep, dropped = [], 0
+def _synthetic_items(expanded: Path, train_ids: set[str]) -> tuple[list[tuple[str, Path, Path, str]],
+                                                                  dict[str, str | None], int]:
+    """(id, image, label, class) of the manifest's synthetic cases hosted by training scans (or by
+    none: whole new cases), each one's host, and how many were dropped (hosted by another scan)."""
+    keep, hosts, dropped = [], {}, 0
     for line in read_manifest(expanded):
         if line.host is not None and line.host not in train_ids:
             dropped += 1
             continue
         keep.append((line.name, expanded / line.outputs.image, expanded / line.outputs.label, line.class_name))
-    return keep, dropped
+        hosts[line.name] = line.host
+    return keep, hosts, dropped
 
 
 # ------------------------------------------------------------------ model, sampling
@@ -174,28 +119,6 @@ def mirror_left_right(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray,
     """A patch of a canonical `Case` (and its labels) mirrored across the patient's sagittal plane:
     in canonical orientation voxel axis 0 is the left-right axis."""
     return image[::-1].copy(), label[::-1].copy()
-
-
-def case_weights(cases: list[Case], n_classes: int, *, task: str, balanced: bool) -> np.ndarray:
-    """Sampling probability per case: uniform, or by the inverse frequency of its rarest class."""
-    if not balanced:
-        return np.full(len(cases), 1.0 / len(cases))
-    present = [set(c.fg) if task == "seg" else {c.label} for c in cases]
-    freq = np.array([sum(k in p for p in present) for k in range(n_classes)], float)
-    w = np.array([max((1.0 / freq[k] for k in p), default=1.0 / len(cases)) for p in present])
-    return w / w.sum()
-
-
-def _class_weights(cases: list[Case], n_classes: int, *, task: str, cap: float) -> np.ndarray:
-    """Loss weight per class: inverse square root of its frequency (voxels or cases), 1 for the most common."""
-    if task == "seg":
-        counts = np.zeros(n_classes)
-        for c in cases:
-            counts += np.bincount(c.target.ravel(), minlength=n_classes)[:n_classes]
-    else:
-        counts = np.bincount([c.label for c in cases], minlength=n_classes).astype(float)
-    counts = np.maximum(counts, 1.0)
-    return np.clip(np.sqrt(counts.max() / counts), 1.0, cap)
 
 
 def _batch(cases: list[Case], p: np.ndarray, rng: np.random.Generator, cfg: EvalConfig, task: str):
@@ -247,78 +170,19 @@ def _predict(net, cases: list[Case], cfg: EvalConfig, task: str) -> list[np.ndar
     return out
 
 
-def _dice_sums(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n_classes, 3): intersection, predicted voxels, true voxels per class."""
-    inter = np.bincount(gt[pred == gt].ravel(), minlength=n_classes)[:n_classes]
-    return np.stack([inter, np.bincount(pred.ravel(), minlength=n_classes)[:n_classes],
-                     np.bincount(gt.ravel(), minlength=n_classes)[:n_classes]], 1).astype(float)
-
-
-def _pooled_dice(sums: np.ndarray) -> np.ndarray:
-    denom = sums[:, 1] + sums[:, 2]
-    return np.where(denom > 0, 2 * sums[:, 0] / np.maximum(denom, 1), np.nan)
-
-
-def _components(pred: np.ndarray, gt: np.ndarray, k: int) -> tuple[int, int, int, int]:
-    """(true components found, true components, predicted components that touch truth, predicted components)."""
-    from scipy import ndimage
-
-    g, ng = ndimage.label(gt == k)
-    p, npred = ndimage.label(pred == k)
-    found = len(np.unique(g[(pred == k) & (g > 0)]))
-    hit = len(np.unique(p[(gt == k) & (p > 0)]))
-    return found, ng, hit, npred
-
-
-def _f1(recall: float, precision: float) -> float:
-    if np.isnan(recall) or np.isnan(precision) or recall + precision == 0:
-        return 0.0 if not (np.isnan(recall) or np.isnan(precision)) else float("nan")
-    return 2 * recall * precision / (recall + precision)
-
-
-def seg_metrics(preds: list[np.ndarray], gts: list[np.ndarray], names: list[str]) -> dict[str, dict[str, float]]:
-    """Per class (index 1..): pooled Dice, and for lesion classes lesion-level recall / precision / F1."""
-
-    n = len(names)
-    sums = sum(_dice_sums(p, g, n) for p, g in zip(preds, gts))
-    dice = _pooled_dice(sums)
-    out: dict[str, dict[str, float]] = {}
-    for k in range(1, n):
-        if lesion_of_class(names[k]) is None:  # an organ: detection counts mean nothing
-            out[names[k]] = {"dice": float(dice[k])}
-            continue
-        found = total = hit = npred = 0
-        for p, g in zip(preds, gts):
-            a, b, c, d = _components(p, g, k)
-            found, total, hit, npred = found + a, total + b, hit + c, npred + d
-        recall = found / total if total else float("nan")
-        precision = hit / npred if npred else (float("nan") if not total else 0.0)
-        out[names[k]] = {"dice": float(dice[k]), "recall": recall, "precision": precision,
-                         "f1": _f1(recall, precision)}
-    return out
-
-
-def cls_metrics(preds: list[int], gts: list[int], names: list[str]) -> dict[str, dict[str, float]]:
-    p, g = np.asarray(preds), np.asarray(gts)
-    out = {}
-    for k, name in enumerate(names):
-        tp, pos, pp = int(((p == k) & (g == k)).sum()), int((g == k).sum()), int((p == k).sum())
-        recall = tp / pos if pos else float("nan")
-        precision = tp / pp if pp else (float("nan") if not pos else 0.0)
-        out[name] = {"recall": recall, "precision": precision, "f1": _f1(recall, precision)}
-    return out
-
-
-def _val_score(net, val: list[Case], names: list[str], cfg: EvalConfig, task: str) -> tuple[float, dict]:
+def _val_score(net, val: list[Case], names: list[str], cfg: EvalConfig, task: str, *,
+               ignore: tuple[str, ...] = ()) -> tuple[float, dict]:
+    """(the mean of the per-class validation scores, leaving out ``ignore`` and undefined ones;
+    the per-class scores): Dice (segmentation) or recall (classification)."""
     preds = _predict(net, val, cfg, task)
     if task == "cls":
         m = cls_metrics(preds, [c.label for c in val], names)
         per = {k: v["recall"] for k, v in m.items()}
     else:
         n = len(names)
-        d = _pooled_dice(sum(_dice_sums(p, c.target, n) for p, c in zip(preds, val)))
+        d = pooled_dice(sum(dice_sums(p, c.target, n) for p, c in zip(preds, val)))
         per = {names[k]: float(d[k]) for k in range(1, n)}
-    vals = [v for v in per.values() if not np.isnan(v)]
+    vals = [v for k, v in per.items() if not np.isnan(v) and k not in ignore]
     return (float(np.mean(vals)) if vals else 0.0), per
 
 
@@ -332,9 +196,13 @@ def _network(n_classes: int, cfg: EvalConfig, *, task: str, seed: int):
 
 
 def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalConfig, *, task: str, seed: int,
-              balanced: bool, progress: bool = False, desc: str = "") -> tuple[object, list[CurvePoint]]:
+              balanced: bool, class_weights: np.ndarray | None = None, val_ignore: tuple[str, ...] = (),
+              progress: bool = False, desc: str = "") -> tuple[object, list[CurvePoint]]:
     """Train one model; returns (the best-on-validation model, learning curve).
 
+    ``balanced``: cases drawn class-balanced (`case_weights`); ``class_weights``: the loss's
+    weight per class index (None: unweighted); ``val_ignore``: classes left out of the validation
+    score that picks the checkpoint (they are still recorded in the curve).
     Randomness is explicit: the initial weights come from ``seed`` (`_network`), the batches from
     ``numpy.random.default_rng(seed)``; the networks have no dropout, so nothing else is random.
     """
@@ -346,8 +214,7 @@ def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalCon
     net = _network(n, cfg, task=task, seed=seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    cw = torch.tensor(_class_weights(train, n, task=task, cap=cfg.max_class_weight), dtype=torch.float32) \
-        if balanced else None
+    cw = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True) if task == "seg" else None
     p = case_weights(train, n, task=task, balanced=balanced)
     rng = np.random.default_rng(seed)
@@ -364,7 +231,7 @@ def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalCon
         opt.step()
         sched.step()
         if step % cfg.val_every == 0 or step == cfg.steps:
-            score, per = _val_score(net, val, names, cfg, task)
+            score, per = _val_score(net, val, names, cfg, task, ignore=val_ignore)
             curve.append(CurvePoint(step=step, loss=round(float(loss.detach()), 4), val_mean=round(score, 4),
                                     val={k: round(v, 4) for k, v in per.items()}))
             if score > best:
@@ -374,11 +241,41 @@ def train_arm(train: list[Case], val: list[Case], names: list[str], cfg: EvalCon
 
 
 # ------------------------------------------------------------------ the evaluation
-def evaluate(ds: Dataset, *, expanded: str | Path | None = None, cfg: EvalConfig | None = None,
-             progress: bool = True) -> Evaluation:
-    """Train every arm with every seed on the fixed split and return the `Evaluation` (see module doc)."""
+@dataclasses.dataclass(frozen=True)
+class TestCases:
+    """One test set as loaded: its name (`INTERNAL` for the dataset's own split), where it comes from, its cases."""
+
+    name: str
+    dataset: str
+    cases: list[Case]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything the runs of an evaluation share, loaded once per rank (`prepare`)."""
+
+    ds: Dataset
+    cfg: EvalConfig
+    analysis: Analysis
+    names: list[str]
+    split: dict[str, list[str]]
+    train: list[Case]  # the real training cases
+    val: list[Case]
+    arms: dict[str, ArmData]
+    tests: list[TestCases]
+    synthetic: int
+    synthetic_dropped: int
+    expanded: str | None
+
+
+def prepare(ds: Dataset, *, expanded: str | Path | None = None, tests: Sequence[str | Path] = (),
+            cfg: EvalConfig | None = None, progress: bool = False,
+            log: Callable[[str], None] | None = None) -> Setup:
+    """Split ``ds``, load its cases, the synthetic cases and the ``tests`` test sets (checked by
+    `synthgen.expand.testsets`; items they leave out said through ``log``), and compose every
+    arm's training data (`synthgen.expand.arms`)."""
     cfg = cfg or EvalConfig()
-    t0 = time.perf_counter()
+    external = read_test_sets(tests, ds, log=log)  # a bad --test fails before anything is loaded
     a = analyse(ds, rare=cfg.rare)
     split = fixed_split(a, [it.id for it in ds.items], seed=cfg.split_seed)
     if not split["val"] or not split["test"] or not split["train"]:
@@ -388,22 +285,101 @@ def evaluate(ds: Dataset, *, expanded: str | Path | None = None, cfg: EvalConfig
     by_id = {it.id: it for it in ds.items}
     parts = {k: _load_all(load, [_entry(by_id[i]) for i in ids], f"load {k}", progress) for k, ids in split.items()}
     synth: list[Case] = []
+    hosts: dict[str, str | None] = {}
     dropped = 0
-    if "real+synthetic" in cfg.arms:
+    if any(arm in SYNTHETIC_ARMS for arm in cfg.arms):
         root = Path(expanded) if expanded is not None else ds.root
-        items, dropped = _synthetic_items(root, set(split["train"]))
+        items, hosts, dropped = _synthetic_items(root, set(split["train"]))
         synth = _load_all(load, items, "load synthetic", progress)
         if not synth:
             raise InputError(f"{root}: no synthetic case hosted by a training scan; expand with --hold-out")
-    arms = _train_arms(parts, synth, names, cfg, task=ds.task, progress=progress)
+    test_cases = [TestCases(INTERNAL, str(ds.root), parts["test"])]
+    for name, test in external:
+        entries = [_entry(it) for it in test.items]
+        test_cases.append(TestCases(name, str(test.root), _load_all(_loader(test, names, cfg), entries,
+                                                                     f"load test set {name}", progress)))
+    arms = {arm: arm_data(arm, parts["train"], synth, hosts, names=names, rare=a.rare, task=ds.task,
+                          cap=cfg.max_class_weight) for arm in cfg.arms}
+    return Setup(ds=ds, cfg=cfg, analysis=a, names=names, split=split, train=parts["train"], val=parts["val"],
+                 arms=arms, tests=test_cases,
+                 synthetic=len(synth), synthetic_dropped=dropped, expanded=str(expanded) if expanded else None)
+
+
+def train_runs(setup: Setup, runs: Sequence[tuple[str, int]], *, progress: bool = False) -> list[RunResult]:
+    """Train the (arm, seed) ``runs`` and test each model on every test set."""
+    from tqdm.auto import tqdm
+
+    cfg, task, names = setup.cfg, setup.ds.task, setup.names
+    out = []
+    bar = tqdm(list(runs), desc="evaluate", disable=not progress)
+    for arm, s in bar:
+        bar.set_postfix_str(f"{arm} seed {s}")
+        data = setup.arms[arm]
+        net, curve = train_arm(data.train, setup.val, names, cfg, task=task, seed=s, balanced=data.balanced,
+                               class_weights=data.class_weights, val_ignore=data.val_ignore, progress=progress,
+                               desc=f"{arm} s{s}")
+        metrics = {}
+        for t in setup.tests:
+            preds = _predict(net, t.cases, cfg, task)
+            gts = [c.target for c in t.cases]
+            metrics[t.name] = _defined(seg_metrics(preds, gts, names) if task == "seg" else cls_metrics(preds, gts, names))
+        out.append(RunResult(arm=arm, seed=s, curve=curve, metrics=metrics))
+    return out
+
+
+def assemble(setup: Setup, results: list[RunResult], *, seconds: float) -> Evaluation:
+    """The `Evaluation` of every run's results (from any number of ranks, in any order)."""
+    cfg, ds, a = setup.cfg, setup.ds, setup.analysis
+    runs = in_order(results, list(cfg.arms), cfg.seeds)
+
+    def arms_on(test: str, *, internal: bool) -> dict[str, ArmResult]:
+        out = {}
+        for arm, data in setup.arms.items():
+            mine = [SeedRun(seed=r.seed, metrics=r.metrics[test], curve=r.curve if internal else [])
+                    for r in runs if r.arm == arm]
+            weights = None if data.class_weights is None or not internal else \
+                {n: round(float(w), 4) for n, w in zip(setup.names, data.class_weights)}
+            out[arm] = ArmResult.of(len(data.train), mine, train_ids=[c.id for c in data.train] if internal else None,
+                                    class_weights=weights)
+        return out
+
+    arms = arms_on(INTERNAL, internal=True)
     deltas, verdict = deltas_and_verdict(arms, a.rare)
-    return Evaluation(task=ds.task, dataset=str(ds.root), expanded=str(expanded) if expanded else None,
-                      resolution=_resolution(parts["train"], cfg, ds.task), seeds=list(range(cfg.seeds)),
-                      classes=names[1:] if ds.task == "seg" else names, rare=a.rare,
-                      split=SplitSizes(train=len(split["train"]), val=len(split["val"]), test=len(split["test"]),
-                                       synthetic=len(synth), synthetic_dropped=dropped, split_seed=cfg.split_seed),
-                      split_ids=split, config=cfg, arms=arms, deltas=deltas, verdict=verdict,
-                      seconds=round(time.perf_counter() - t0, 1))
+    external = []
+    for t in setup.tests[1:]:
+        t_arms = arms_on(t.name, internal=False)
+        t_deltas, t_verdict = deltas_and_verdict(t_arms, a.rare)
+        external.append(ExternalResult(name=t.name, dataset=t.dataset, case_ids=[c.id for c in t.cases], arms=t_arms,
+                                       deltas=t_deltas, verdict=t_verdict, flags=synthetic_drops(t_arms, a.rare)))
+    sp = setup.split
+    return Evaluation(task=ds.task, dataset=str(ds.root), expanded=setup.expanded,
+                      resolution=_resolution(setup.train, cfg, ds.task), seeds=list(range(cfg.seeds)),
+                      classes=setup.names[1:] if ds.task == "seg" else setup.names, rare=a.rare,
+                      split=SplitSizes(train=len(sp["train"]), val=len(sp["val"]), test=len(sp["test"]),
+                                       synthetic=setup.synthetic, synthetic_dropped=setup.synthetic_dropped,
+                                       split_seed=cfg.split_seed),
+                      split_ids=sp, config=cfg, arms=arms, deltas=deltas, verdict=verdict, seconds=round(seconds, 1),
+                      flags=synthetic_drops(arms, a.rare), test_sets=external)
+
+
+def evaluate(ds: Dataset, *, expanded: str | Path | None = None, tests: Sequence[str | Path] = (),
+             cfg: EvalConfig | None = None, progress: bool = True, rank: int = 0, world: int = 1,
+             gather: Callable[[str], list[str]] | None = None, log: Callable[[str], None] | None = None) -> Evaluation:
+    """Train every arm with every seed on the fixed split, test on the dataset's test split and on
+    every ``tests`` set, and return the `Evaluation` (see module doc).
+
+    Under ``torchrun`` (``world`` > 1) this rank trains its share of the runs (`runs_of_rank`) and
+    ``gather`` (`synthgen.train.loop.Dist.gather_strings`) brings every rank's results to every
+    rank; each rank returns the same `Evaluation`.
+    """
+    cfg = cfg or EvalConfig()
+    if world > 1 and gather is None:
+        raise InputError(f"world size {world}: pass gather= to collect the other ranks' runs")
+    t0 = time.perf_counter()
+    setup = prepare(ds, expanded=expanded, tests=tests, cfg=cfg, progress=progress, log=log)
+    mine = train_runs(setup, runs_of_rank(list(cfg.arms), cfg.seeds, rank=rank, world=world), progress=progress)
+    results = mine if world == 1 else [r for text in gather(encode_runs(mine)) for r in RunResult.decode(text)]
+    return assemble(setup, results, seconds=time.perf_counter() - t0)
 
 
 def _entry(it: Item) -> tuple[str, Path, Path | None, str | None]:
@@ -411,17 +387,18 @@ def _entry(it: Item) -> tuple[str, Path, Path | None, str | None]:
 
 
 def _loader(ds: Dataset, names: list[str], cfg: EvalConfig):
-    """``load(id, image, label, class name) -> Case`` for the dataset's task (label values or class
-    names mapped to the indices of ``names``, the classes in value order)."""
+    """``load(id, image, label, class name) -> Case`` for the dataset's task: label values (by
+    their class name in ``ds``) or class names mapped to the indices of ``names`` (the evaluated
+    dataset's classes in value order), so a test set may number its labels otherwise."""
+    index = {n: k for k, n in enumerate(names)}
     if ds.task == "seg":
-        values = sorted(ds.classes)
-        lut = np.zeros(max(values) + 1, np.int64)
-        lut[values] = np.arange(len(values))
+        lut = np.zeros(max(ds.classes) + 1, np.int64)
+        for value, name in ds.classes.items():
+            lut[value] = 0 if value == 0 else index[name]
 
         def load(cid: str, image: Path, label: Path | None, cls: str | None) -> Case:
             return seg_case(*read_pair(image, label), lut, cfg, cid)
     else:
-        index = {n: k for k, n in enumerate(names)}
 
         def load(cid: str, image: Path, label: Path | None, cls: str | None) -> Case:
             return cls_case(read(image), index[cls], cfg, cid)
@@ -432,27 +409,6 @@ def _load_all(load, entries: list[tuple], desc: str, progress: bool) -> list[Cas
     from tqdm.auto import tqdm
 
     return [load(*e) for e in tqdm(entries, desc=desc, disable=not progress, leave=False)]
-
-
-def _train_arms(parts: dict[str, list[Case]], synth: list[Case], names: list[str], cfg: EvalConfig, *, task: str,
-                progress: bool) -> dict[str, ArmResult]:
-    """Every arm trained with every seed and scored on the test part."""
-    from tqdm.auto import tqdm
-
-    runs: dict[str, list[SeedRun]] = {}
-    n_train: dict[str, int] = {}
-    bar = tqdm([(arm, s) for arm in cfg.arms for s in range(cfg.seeds)], desc="evaluate", disable=not progress)
-    for arm, s in bar:
-        bar.set_postfix_str(f"{arm} seed {s}")
-        train = parts["train"] + (synth if arm == "real+synthetic" else [])
-        net, curve = train_arm(train, parts["val"], names, cfg, task=task, seed=s, balanced=arm == "weighted",
-                               progress=progress, desc=f"{arm} s{s}")
-        preds = _predict(net, parts["test"], cfg, task)
-        gts = [c.target for c in parts["test"]]
-        m = seg_metrics(preds, gts, names) if task == "seg" else cls_metrics(preds, gts, names)
-        runs.setdefault(arm, []).append(SeedRun(seed=s, metrics=_defined(m), curve=curve))
-        n_train[arm] = len(train)
-    return {arm: ArmResult.of(n_train[arm], r) for arm, r in runs.items()}
 
 
 def _defined(metrics: dict[str, dict[str, float]]) -> Metrics:

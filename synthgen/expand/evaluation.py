@@ -2,10 +2,15 @@
 
 `synthgen.expand.evaluate.evaluate` trains the arms and returns an `Evaluation`; `evaluate_job`
 writes it (`write_evaluation`) and hands the same object to the HTML report; `Evaluation.read`
-reads a file back into it. Per arm: the training-set size, per seed the test metrics and the
-validation learning curve, and the summary over seeds (mean ± sample std of the seeds that
-define the metric). Deltas are differences of means; the verdict says, per rare class, whether
-``real+synthetic`` beats each other arm by more than the seed spread (the sum of the two stds).
+reads a file back into it. Per arm: the training-set size and cases, the loss's class weights
+(weighted arms), per seed the test metrics and the validation learning curve, and the summary
+over seeds (mean ± sample std of the seeds that define the metric). ``arms``, ``deltas``,
+``verdict`` and ``flags`` are measured on the dataset's own test split; ``test_sets`` holds the
+same per external test set (``--test``). Deltas are differences of means, every arm minus
+``real`` and minus ``weighted``; the verdict says, per rare class and arm with synthetic cases,
+whether it beats ``real`` and ``weighted`` by more than the seed spread (the sum of the two
+stds); the flags name every other class whose main metric drops by more than that spread when
+synthetic cases are added (``real+synthetic`` vs ``real``, ``weighted+synthetic`` vs ``weighted``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,16 @@ from synthgen.errors import InputError
 from synthgen.expand.documents import Document, dump
 from synthgen.files.atomic import check_writable, write_text
 
-ARMS = ("real", "weighted", "real+synthetic")
+#: The arms, in the order they are trained and shown (`synthgen.expand.evaluate` says what each trains on).
+ARMS = ("real", "weighted", "real+synthetic", "weighted+synthetic", "synthetic-only-positives")
+#: The arms without synthetic cases, which every other arm is compared with.
+BASELINES = ("real", "weighted")
+#: The arms that train on the synthetic cases.
+SYNTHETIC_ARMS = ("real+synthetic", "weighted+synthetic", "synthetic-only-positives")
+#: Arm with synthetic cases added -> the same recipe without them (the pairs `synthetic_drops` checks).
+ADDED_TO = {"real+synthetic": "real", "weighted+synthetic": "weighted"}
+#: The name of the dataset's own test split among the test sets.
+INTERNAL = "internal"
 
 #: Test metrics of one arm and seed: class -> metric -> value (None where the metric is undefined:
 #: a class absent from the test cases and from the prediction).
@@ -65,9 +79,19 @@ class EvalConfig:
                 raise InputError(f"{name} must be positive integers, got {list(value)}")
         if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
             raise InputError(f"spacing must be a finite number of mm > 0 (or null), got {self.spacing!r}")
-        bad = [a for a in self.arms if a not in ARMS]
-        if bad:
-            raise InputError(f"unknown arm {bad[0]!r}; arms: {', '.join(ARMS)}")
+        check_arms(self.arms)
+
+
+def check_arms(arms) -> None:
+    """`InputError` unless ``arms`` is a non-empty list of distinct names from `ARMS`."""
+    if isinstance(arms, str) or not isinstance(arms, (list, tuple)) or not arms:
+        raise InputError(f"arms must be a non-empty list of {', '.join(ARMS)}; got {arms!r}")
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise InputError(f"unknown arm {bad[0]!r}; arms: {', '.join(ARMS)}")
+    twice = [a for k, a in enumerate(arms) if a in arms[:k]]
+    if twice:
+        raise InputError(f"arm {twice[0]!r} is listed twice; arms: {', '.join(ARMS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +125,20 @@ class Stat:
 
 @dataclasses.dataclass(frozen=True)
 class ArmResult:
-    """One arm: training cases, every seed's run, and the summary over seeds (class -> metric -> stat)."""
+    """One arm: how many cases it trained on, every seed's run, and the summary over seeds (class
+    -> metric -> stat). ``train_ids``: the cases it trained on (real ids, then synthetic names);
+    ``class_weights``: the loss weight per class (None: unweighted). In an external test set's
+    results both are left empty: the arm is the one of `Evaluation.arms`, only tested elsewhere."""
 
     n_train: int
     per_seed: list[SeedRun]
     summary: dict[str, dict[str, Stat]]
+    train_ids: list[str] = dataclasses.field(default_factory=list)
+    class_weights: dict[str, float] | None = None
 
     @classmethod
-    def of(cls, n_train: int, runs: list[SeedRun]) -> ArmResult:
+    def of(cls, n_train: int, runs: list[SeedRun], *, train_ids: list[str] | None = None,
+           class_weights: dict[str, float] | None = None) -> ArmResult:
         """The arm of ``runs`` with its summary over seeds (undefined values left out)."""
         summary: dict[str, dict[str, Stat]] = {}
         for name, metrics in runs[0].metrics.items():
@@ -118,7 +148,8 @@ class ArmResult:
                 v = v[~np.isnan(v)]
                 summary[name][m] = Stat(mean=round(float(v.mean()), 4) if v.size else None,
                                         std=round(float(v.std(ddof=1)), 4) if v.size > 1 else 0.0)
-        return cls(n_train=n_train, per_seed=runs, summary=summary)
+        return cls(n_train=n_train, per_seed=runs, summary=summary, train_ids=list(train_ids or []),
+                   class_weights=class_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +170,21 @@ Deltas = dict[str, dict[str, dict[str, float | None]]]
 
 
 @dataclasses.dataclass(frozen=True)
+class ExternalResult:
+    """The arms tested on one external test set (``--test``): never trained or validated on, read by
+    the same readers, its classes mapped to the dataset's by name. ``arms`` as in `Evaluation`
+    (per seed the metrics on this set; the curves and training cases are in `Evaluation.arms`)."""
+
+    name: str
+    dataset: str
+    case_ids: list[str]
+    arms: dict[str, ArmResult]
+    deltas: Deltas
+    verdict: str
+    flags: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation(Document, source="evaluation.json", what="an evaluation.json"):
     """``evaluation.json``: what `synthgen evaluate` trained on, with which settings, and what it measured."""
 
@@ -156,52 +202,97 @@ class Evaluation(Document, source="evaluation.json", what="an evaluation.json"):
     deltas: Deltas
     verdict: str
     seconds: float
+    flags: list[str] = dataclasses.field(default_factory=list)
+    test_sets: list[ExternalResult] = dataclasses.field(default_factory=list)
+
+    def results(self) -> list[tuple[str, str, list[str], dict[str, ArmResult], Deltas, str, list[str]]]:
+        """Every test set's results, the dataset's own split first: (name, what it is, case ids,
+        arms, deltas, verdict, flags)."""
+        own = (INTERNAL, f"the dataset's own test split ({self.split.test} cases)", self.split_ids.get("test", []),
+               self.arms, self.deltas, self.verdict, self.flags)
+        return [own, *((t.name, f"{t.dataset} ({len(t.case_ids)} cases)", t.case_ids, t.arms, t.deltas, t.verdict,
+                        t.flags) for t in self.test_sets)]
+
+
+def main_metric(arms: dict[str, ArmResult]) -> str:
+    """The metric the verdict and the flags judge: Dice (segmentation) or F1 (classification)."""
+    return "dice" if any("dice" in v for a in arms.values() for v in a.summary.values()) else "f1"
+
+
+def _difference(a: Stat, b: Stat) -> float | None:
+    return round(a.mean - b.mean, 4) if a.mean is not None and b.mean is not None else None
 
 
 def deltas_and_verdict(arms: dict[str, ArmResult], rare: list[str]) -> tuple[Deltas, str]:
-    """``real+synthetic`` minus each other arm, per class and metric, and the verdict on the rare
-    classes' main metric (Dice for segmentation, F1 for classification)."""
-    if "real+synthetic" not in arms:
-        return {}, "no real+synthetic arm"
-    c = arms["real+synthetic"].summary
-    others = {k: arms[k].summary for k in ("real", "weighted") if k in arms}
-    deltas = {f"real+synthetic - {k}": {name: {m: (round(c[name][m].mean - o[name][m].mean, 4)
-                                                    if c[name][m].mean is not None and o[name][m].mean is not None
-                                                    else None) for m in c[name]} for name in c}
-              for k, o in others.items()}
-    main = "dice" if any("dice" in v for v in c.values()) else "f1"
+    """Every arm but ``real`` minus ``real`` and minus ``weighted`` (``"real+synthetic - real"``: per class and
+    metric, the difference of means), and the verdict on the rare classes' main metric (`main_metric`)
+    for every arm with synthetic cases: does it beat each baseline by more than the seed spread?"""
+    deltas = {f"{arm} - {base}": {name: {m: _difference(a.summary[name][m], arms[base].summary[name][m])
+                                        for m in a.summary[name]} for name in a.summary}
+              for arm, a in arms.items() if arm != "real" for base in BASELINES if base in arms and base != arm}
+    judged = [arm for arm in SYNTHETIC_ARMS if arm in arms]
+    if not judged:
+        return deltas, "no arm with synthetic cases"
+    main = main_metric(arms)
     verdicts = []
-    for name in (r for r in rare if r in c):
-        beats = []
-        for k, o in others.items():
-            if c[name][main].mean is None or o[name][main].mean is None:
-                continue
-            d = c[name][main].mean - o[name][main].mean
-            spread = c[name][main].std + o[name][main].std
-            beats.append(f"{'beats' if d > spread else 'does not beat'} {k} ({d:+.3f}, spread {spread:.3f})")
-        verdicts.append(f"{name} {main}: real+synthetic " + "; ".join(beats))
+    for name in rare:
+        for arm in judged:
+            c = arms[arm].summary.get(name, {}).get(main)
+            beats = []
+            for base in (b for b in BASELINES if b in arms):
+                o = arms[base].summary.get(name, {}).get(main)
+                if c is None or o is None or c.mean is None or o.mean is None:
+                    continue
+                d, spread = c.mean - o.mean, c.std + o.std
+                beats.append(f"{'beats' if d > spread else 'does not beat'} {base} ({d:+.3f}, spread {spread:.3f})")
+            if beats:
+                verdicts.append(f"{name} {main}: {arm} " + "; ".join(beats))
     return deltas, ". ".join(verdicts) or "no rare class to judge"
 
 
+def synthetic_drops(arms: dict[str, ArmResult], rare: list[str]) -> list[str]:
+    """Every class other than the rare ones whose main metric falls by more than the seed spread
+    (the sum of the two stds) when synthetic cases are added to a recipe (`ADDED_TO`); none with
+    fewer than two seeds, which have no spread to judge against."""
+    main = main_metric(arms)
+    out = []
+    for arm, base in ADDED_TO.items():
+        if arm not in arms or base not in arms or min(len(arms[arm].per_seed), len(arms[base].per_seed)) < 2:
+            continue
+        for name, metrics in arms[base].summary.items():
+            b, a = metrics.get(main), arms[arm].summary.get(name, {}).get(main)
+            if name in rare or a is None or b is None or a.mean is None or b.mean is None:
+                continue
+            drop, spread = b.mean - a.mean, a.std + b.std
+            if drop > spread:
+                out.append(f"{name} {main} drops with {arm} vs {base}: {b.mean:.3f} -> {a.mean:.3f} "
+                           f"(-{drop:.3f}, more than the seed spread {spread:.3f})")
+    return out
+
+
 def format_evaluation(ev: Evaluation) -> str:
-    """The evaluation as a text table: per class and metric, mean ± std per arm."""
+    """The evaluation as text: per test set, per class and metric, mean ± std per arm; the verdict
+    and the flags."""
     arms = list(ev.arms)
-    first = next(iter(ev.arms.values())).summary
     sp = ev.split
     lines = [(f"evaluation ({ev.task}, {ev.resolution}; {len(ev.seeds)} seeds; split train {sp.train} / val "
               f"{sp.val} / test {sp.test} real, +{sp.synthetic} synthetic)")]
-    head = f"{'class':16s} {'metric':9s} " + " ".join(f"{a:>18s}" for a in arms)
-    lines += [head, "-" * len(head)]
-    for name in ev.classes:
-        for m in first[name]:
-            cells = []
-            for a in arms:
-                s = ev.arms[a].summary[name][m]
-                cells.append(f"{'n/a':>18s}" if s.mean is None else f"{s.mean:.3f} ± {s.std:.3f}".rjust(18))
-            mark = "*" if name in ev.rare else " "
-            lines.append(f"{name + mark:16s} {m:9s} " + " ".join(cells))
+    for name, what, _, results, _, verdict, flags in ev.results():
+        lines.append(f"test set {name}: {what}")
+        head = f"{'class':16s} {'metric':9s} " + " ".join(f"{a:>24s}" for a in arms)
+        lines += [head, "-" * len(head)]
+        metrics = list(dict.fromkeys(m for a in results.values() for v in a.summary.values() for m in v))
+        for c in ev.classes:
+            for m in (m for m in metrics if any(m in a.summary.get(c, {}) for a in results.values())):
+                cells = []
+                for a in arms:
+                    s = results[a].summary.get(c, {}).get(m)
+                    cells.append(f"{'n/a':>24s}" if s is None or s.mean is None else f"{s.mean:.3f} ± {s.std:.3f}".rjust(24))
+                mark = "*" if c in ev.rare else " "
+                lines.append(f"{c + mark:16s} {m:9s} " + " ".join(cells))
+        lines.append(f"verdict: {verdict}")
+        lines += [f"flag: {f}" for f in flags]
     lines.append("* rare class")
-    lines.append(f"verdict: {ev.verdict}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ and the recipe tasks (``expand``, ``evaluate``) are thin wrappers around them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,13 +17,14 @@ from synthgen.errors import InputError
 from synthgen.expand.analysis import analyse, format_table, write_analysis
 from synthgen.expand.dataset import read_dataset
 from synthgen.expand.evaluate import evaluate
-from synthgen.expand.evaluation import format_evaluation, write_evaluation
+from synthgen.expand.evaluation import SYNTHETIC_ARMS, format_evaluation, write_evaluation
 from synthgen.expand.generate import check_out, expand
 from synthgen.expand.manifest import MANIFEST, read_manifest
 from synthgen.expand.plan import Target, make_plan
-from synthgen.expand.report import write_report
+from synthgen.expand.report import HTML_NAME, write_report
 from synthgen.expand.split import training_part
 from synthgen.expand.summary import SUMMARY_FILES, ExpansionSummary, write_expansion_summary
+from synthgen.files.atomic import check_writable
 from synthgen.train.loop import Dist
 
 
@@ -35,7 +36,9 @@ class ExpandSettings:
     rare_fraction: float = 0.5
     target: str = "balance"
     budget: int | None = None
-    size: float | None = None
+    size: float | None = None  # one lesion diameter (mm) for every item
+    sizes: list[float] | None = None  # diameters (mm) each item draws one of (not with size)
+    phase: str = "auto"  # contrast phase of inserted lesions (auto: matched / estimated, see plan.plan_phase)
     seed: int = 0
     hold_out: bool = False
     generator: str = "insert"  # insert (lesion engine into real hosts) | diffusion (whole text -> CT cases)
@@ -65,7 +68,7 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     if settings.analyse_only:
         return write_analysis(a, out_path or Path(ds.root), overwrite=settings.overwrite)
     plan = make_plan(plan_ds, a, Target.parse(settings.target), budget=settings.budget, seed=settings.seed,
-                     size_mm=settings.size, generator=settings.generator)
+                     size_mm=_sizes(settings), generator=settings.generator, phase=settings.phase)
     log(plan.format(a))
     if settings.dry_run:
         return {}
@@ -80,23 +83,41 @@ def expand_job(dataset: str | Path, settings: ExpandSettings, *, out: str | Path
     return paths
 
 
+def _sizes(settings: ExpandSettings) -> float | list[float] | None:
+    if settings.size is not None and settings.sizes is not None:
+        raise InputError("--size and --sizes both given; pass one (--sizes 6,8,12 draws each item's size from a list)")
+    return settings.size if settings.size is not None else settings.sizes
+
+
 def evaluate_job(dataset: str | Path, cfg, out: str | Path, *, expanded: str | Path | None = None,
-                 task: str | None = None, title: str | None = None, drr_images: list[Path] | None = None,
-                 overwrite: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Path]:
-    """Train the arms, write ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out``
-    (``task``, when given, must be the dataset's: seg or cls)."""
+                 tests: Sequence[str | Path] = (), task: str | None = None, title: str | None = None,
+                 drr_images: list[Path] | None = None, overwrite: bool = False, log: Callable[[str], None] = print,
+                 progress: bool = True) -> dict[str, Path]:
+    """Train the arms, test them on the dataset's test split and on every ``tests`` set, write
+    ``evaluation.json`` / ``evaluation.txt`` and the HTML report into ``out`` (``task``, when
+    given, must be the dataset's: seg or cls). Under ``torchrun`` the ranks split the (arm, seed)
+    runs; rank 0 writes (the other ranks return no paths)."""
 
     out = Path(out)
     ds = read_dataset(dataset)
     if task is not None and ds.task != task:
         raise InputError(f"--task {task}: {dataset} is a {ds.task} dataset")
+    dist = Dist(torch.device("cpu"))  # under torchrun: gloo; the ranks split the runs
+    say = log if dist.main else (lambda _: None)
     if ds.problems:
-        log(ds.summary())
+        say(ds.summary())
     root = Path(expanded) if expanded is not None else ds.root
-    if "real+synthetic" in cfg.arms and not (root / MANIFEST).exists():
-        raise InputError(f"{root}: no {MANIFEST}; run `synthgen expand` first, pass --expanded DIR, "
-                         "or leave the real+synthetic arm out (arms=[real,weighted])")
-    ev = evaluate(ds, expanded=expanded, cfg=cfg, progress=progress)
+    synthetic = [a for a in cfg.arms if a in SYNTHETIC_ARMS]
+    if synthetic and not (root / MANIFEST).exists():
+        raise InputError(f"{root}: no {MANIFEST} for the {synthetic[0]} arm; run `synthgen expand` first, pass "
+                         "--expanded DIR, or leave the synthetic arms out (--arms real,weighted)")
+    if dist.main and not overwrite:  # before hours of training, not after
+        for name in ("evaluation.json", "evaluation.txt", HTML_NAME):
+            check_writable(out / name, overwrite=False)
+    ev = evaluate(ds, expanded=expanded, tests=tests, cfg=cfg, progress=progress and dist.main, rank=dist.rank,
+                  world=dist.world, gather=dist.gather_strings if dist.world > 1 else None, log=say)
+    if not dist.main:
+        return {}
     log(format_evaluation(ev))
     paths = write_evaluation(ev, out, overwrite=overwrite)
     summary_path = root / SUMMARY_FILES[0]

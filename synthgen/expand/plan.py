@@ -12,12 +12,19 @@ get the leftover items) and the plan says it is budget-limited.
 
 Generators: a class whose name reads as a lesion (``liver_tumor``, "kidney cyst",
 ``lung_nodule``...: the prompt parser reads the name) is made by the lesion engine, inserted
-into a host case that does not contain it and whose label map has the host organ; its
-diameters are drawn from the real lesions of that class (±10 %) unless ``size_mm`` is given,
-and its contrast phase is the one whose appearance-table attenuation is nearest the real
-lesions' tissue HU (`matched_phase`). In a classification set the hosts are the scans of the
-classes that are not lesions, the host organ is read by the shipped organ segmenter
-(``lesion_insert_segmented``, `synthgen.expand.organs`) and sizes default to 20 mm.
+into a host case that does not contain it and whose label map has the host organ. Its
+diameters are drawn from the real lesions of that class (±10 %), or from ``size_mm`` (one
+diameter or several to draw from, ``--size`` / ``--sizes``); a class the dataset declares but
+no case contains (zero real positives) takes the lesion spec's default size
+(`synthgen.lesions.spec.LesionSpec`) and the plan says so. Its contrast phase (`plan_phase`):
+``phase`` when given (``--phase``); else the one whose appearance-table attenuation is nearest
+the real lesions' tissue HU (`matched_phase`); without real lesions, estimated per host when
+the dataset labels a structure the phase can be read from (aorta, portal vein, liver, kidney,
+bladder); else, for a lesion whose look does not depend on the phase (`phase_matters`: one
+table row for every phase, or a lesion in aerated lung), the `PHASE_FREE_DEFAULT` appearance;
+else the plan stops and asks for ``--phase``. In a classification set the hosts are the scans
+of the classes that are not lesions, the host organ is read by the shipped organ segmenter
+(``lesion_insert_segmented``, `synthgen.expand.organs`) and sizes default to the spec's.
 Other classes (organs, normal anatomy) are not generated: the plan says so with an error.
 Every item's seed derives from (run seed, item index) only.
 
@@ -34,6 +41,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -44,9 +52,10 @@ from synthgen.expand.dataset import Dataset
 from synthgen.expand.documents import Document
 from synthgen.files.safepath import safe_name
 from synthgen.io import read
-from synthgen.lesions.appearance import PHASES, appearance
-from synthgen.lesions.spec import organ_family
+from synthgen.lesions.appearance import PHASE_STRUCTURES, PHASES, appearance
+from synthgen.lesions.spec import LesionSpec, organ_family
 from synthgen.text.prompt import parse_prompt
+from synthgen.vocab import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +90,7 @@ class PlanItem:
     host: str | None  # item id of the host case (None: a whole new case)
     lesion_type: str
     organ: str  # dataset class name of the host organ
-    diameter_mm: float
+    diameter_mm: float | None  # None: the lesion spec's default, drawn by the lesion engine (the manifest has it)
     seed: int
     phase: str = "auto"  # appearance-table phase matched to the real lesions of the class
     prompt: str = ""  # text_to_ct: the prompt the whole case is generated from
@@ -134,9 +143,12 @@ class Plan(Document, source="plan", what="a plan"):
         lines = [(f"plan ({self.target.kind}{'' if self.target.kind == 'balance' else '=' + f'{self.target.value:g}'}"
                  f"{', budget-limited' if self.budget_limited else ''}): {len(self.items)} synthetic cases")]
         for name, n in self.counts.items():
-            sizes = [i.diameter_mm for i in self.items if i.class_name == name]
-            size = f", {min(sizes):.0f}-{max(sizes):.0f} mm" if sizes else ""
             mine = [i for i in self.items if i.class_name == name]
+            sizes = [i.diameter_mm for i in mine if i.diameter_mm is not None]
+            size = ", sizes by the lesion engine's default" if mine and not sizes else ""
+            if sizes:
+                lo, hi = f"{min(sizes):.0f}", f"{max(sizes):.0f}"
+                size = f", {lo} mm" if lo == hi else f", {lo}-{hi} mm"
             if mine and mine[0].host is None:
                 where = f"whole new {'x'.join(map(str, mine[0].size))} cases at {mine[0].spacing_mm:g} mm"
             else:
@@ -199,12 +211,78 @@ def lesion_of_class(name: str) -> tuple[str, str] | None:
 
 
 def _host_class(organ: str, ds: Dataset) -> str | None:
-    """The dataset class that labels ``organ`` (the lesion engine's name) or its family."""
-    names = ds.class_names
+    """The dataset class that labels ``organ`` (the lesion engine's name) or its family; lesion
+    classes (``lung_nodule_solid`` starts with ``lung_`` too) never host."""
+    names = [n for n in ds.class_names if lesion_of_class(n) is None]
     if organ in names:
         return organ
     family = organ.split("_")[0]
     return next((n for n in names if n == family or n.startswith(family + "_")), None)
+
+
+#: The phase used for a lesion whose look does not depend on the contrast phase (`phase_matters`)
+#: when nothing tells the phase: a chest set without vessel labels is most often a non-contrast scan.
+PHASE_FREE_DEFAULT = "non_contrast"
+#: Organ families whose host tissue is air: a lesion there stands ~900 HU above the parenchyma and
+#: the appearance table moves solid lung lesions by at most 25 HU between phases.
+AERATED_ORGANS = ("lung",)
+
+
+def _phase_spread_hu(lesion_type: str, organ: str) -> float:
+    """How far the appearance table's mean attenuation of ``lesion_type`` in ``organ`` moves across phases."""
+    means = [appearance(lesion_type, organ_family(organ), ph).mean_hu for ph in PHASES]
+    return float(max(means) - min(means))
+
+
+def phase_matters(lesion_type: str, organ: str) -> bool:
+    """Whether the look of ``lesion_type`` in ``organ`` depends on the contrast phase: not when the
+    appearance table has one row for every phase (cysts, ground-glass nodules, haemorrhage), nor
+    in aerated lung (`AERATED_ORGANS`), where the phase is a few per cent of the lesion's contrast."""
+    return _phase_spread_hu(lesion_type, organ) > 0 and organ_family(organ) not in AERATED_ORGANS
+
+
+def phase_structures(ds: Dataset, analysis: Analysis, hosts: Sequence[str]) -> tuple[list[str], int]:
+    """(the structures `synthgen.lesions.appearance.estimate_phase` reads that the dataset labels,
+    how many of ``hosts`` contain none of them), by class name (vocabulary groups included)."""
+    vocab = Vocabulary.from_mapping({v: n for v, n in ds.classes.items() if v}).with_groups_from(Vocabulary.default())
+    stats = analysis.by_name()
+    found: list[str] = []
+    covered: set[str] = set()
+    for key, names in PHASE_STRUCTURES.items():
+        classes = {vocab.name(i) for n in names if n in vocab or n in vocab.groups for i in vocab.ids(n)}
+        cases = {c for cls in classes if cls in stats for c in stats[cls].cases}
+        if cases:
+            found.append(key)
+            covered |= cases
+    return found, sum(h not in covered for h in hosts)
+
+
+def plan_phase(ds: Dataset, analysis: Analysis, name: str, lesion_type: str, host_cls: str, hosts: Sequence[str], *,
+               phase: str = "auto") -> tuple[str, str]:
+    """(the contrast phase of class ``name``'s inserted lesions, why): ``phase`` when given; else
+    matched to the real lesions (`matched_phase`); else ``auto`` (estimated per host) when every
+    host labels a structure to read it from; else `PHASE_FREE_DEFAULT` when the phase does not
+    change the lesion's look (`phase_matters`); else `InputError` asking for ``--phase``."""
+    if phase != "auto":
+        return phase, f"{name}: {phase} appearance (--phase)"
+    stats = analysis.by_name()[name]
+    if stats.cases:
+        matched, why = matched_phase(ds, stats, lesion_type, host_cls)
+        if matched != "auto":
+            return matched, why
+    found, lacking = phase_structures(ds, analysis, hosts)
+    if found and not lacking:
+        return "auto", (f"{name}: no real lesion to match the appearance to; phase estimated per host "
+                        f"(from {', '.join(found)})")
+    if not phase_matters(lesion_type, host_cls):
+        return PHASE_FREE_DEFAULT, (
+            f"{name}: no real lesion to match the appearance to and no vessel or organ label to estimate the phase "
+            f"from; its look hardly depends on it (table: {_phase_spread_hu(lesion_type, host_cls):.0f} HU across "
+            f"phases), so the {PHASE_FREE_DEFAULT} appearance is used (--phase to choose)")
+    where = "the dataset labels none" if not found else f"{lacking} of {len(hosts)} host scans contain none"
+    raise InputError(f"cannot choose the contrast phase of {name!r}: no real lesion of it to match, and {where} of "
+                     "aorta, portal_vein_and_splenic_vein, liver, kidney, urinary_bladder to estimate it from; "
+                     f"pass --phase ({', '.join(PHASES)}; `phase:` in an expand config)")
 
 
 def matched_phase(ds: Dataset, stats, lesion_type: str, organ: str, *, max_cases: int = 8) -> tuple[str, str]:
@@ -248,18 +326,111 @@ def _case_geometry(ds: Dataset, cases: list[str]) -> tuple[tuple[int, int, int],
     return size, round(sp, 3)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """How one class's items are made: generator, host organ class, host cases (``[None]``: whole
+    new cases), contrast phase, the plan's notes on it, and the grid of whole new cases."""
+
+    generator: str
+    organ: str
+    hosts: list[str | None]
+    phase: str
+    note: str
+    geometry: tuple[tuple[int, int, int], float] | None = None
+
+
+def _source(ds: Dataset, analysis: Analysis, name: str, lesion: tuple[str, str], *, generator: str,
+            phase: str) -> _Source:
+    """Where and how class ``name`` (a lesion of ``(type, organ)``) is generated (see module doc)."""
+    ltype, organ = lesion
+    stats = analysis.by_name()
+    if generator == "diffusion":
+        note = (f"{name}: whole cases generated by the text -> CT pipeline (shipped weights), label map from the "
+                "anatomy library" + ("" if phase == "auto" else f"; --phase {phase} applies to inserted lesions only"))
+        return _Source("text_to_ct", organ, [None], "auto", note,
+                       _case_geometry(ds, stats[name].cases or [it.id for it in ds.items]))
+    if ds.task == "cls":  # hosts: scans of the classes that are not lesions; organ read by the segmenter
+        hosts = [c for s in analysis.classes if lesion_of_class(s.name) is None for c in s.cases]
+        if not hosts:
+            raise InputError(f"no host scan for {name!r}: every class of this dataset is a lesion class")
+        how = "phase estimated per host" if phase == "auto" else f"{phase} appearance (--phase)"
+        return _Source("lesion_insert_segmented", organ, list(hosts), phase,
+                       f"{name}: organ mask from the shipped segmenter, {how}")
+    host_cls = _host_class(organ, ds)
+    if host_cls is None:
+        raise InputError(f"cannot place {name!r}: the dataset labels no {organ!r} to host it "
+                         f"(classes: {', '.join(ds.class_names)})")
+    hosts = [c for c in stats[host_cls].cases if c not in set(stats[name].cases)]
+    if not hosts:
+        raise InputError(f"no host scan for {name!r}: every case with {host_cls} already has it")
+    chosen, why = plan_phase(ds, analysis, name, ltype, host_cls, hosts, phase=phase)
+    return _Source("lesion_insert", host_cls, list(hosts), chosen, why)
+
+
+def _check_sizes(size_mm: float | Sequence[float] | None) -> list[float] | None:
+    """``size_mm`` as a list of diameters (mm), each checked against the lesion engine's 1-200 mm."""
+    if size_mm is None:
+        return None
+    values = [size_mm] if isinstance(size_mm, (int, float)) else list(size_mm)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 200
+                         for v in values):
+        raise InputError(f"lesion sizes must be diameters in mm between 1 and 200, got {size_mm!r}")
+    return [float(v) for v in values]
+
+
+#: Size written into a whole-case prompt when the lesion spec's default size is left to the engine.
+PROMPT_DIAMETER_MM = 20.0
+
+
+def _diameter(rng: np.random.Generator, real: list[float], sizes: list[float] | None,
+              default: float | tuple[float, float] | None) -> float | None:
+    """One item's diameter (mm): from ``sizes`` (one of them), else a real lesion's ±10 %, else the
+    spec's default (a range is drawn uniformly; None is left to the lesion engine, which draws
+    it per lesion). ``rng`` is the item's own."""
+    if sizes is not None:
+        return sizes[0] if len(sizes) == 1 else float(rng.choice(sizes))
+    if real:
+        return float(np.clip(rng.choice(real) * rng.uniform(0.9, 1.1), 3.0, 150.0))
+    if default is None:
+        return None
+    return float(rng.uniform(*default)) if isinstance(default, tuple) else float(default)
+
+
+def _default_size(lesion: tuple[str, str]) -> float | tuple[float, float] | None:
+    """The lesion spec's default diameter for ``(type, organ)``: mm, a (min, max) range, or None
+    (the engine's own choice per lesion, e.g. real nodule sizes for outline-based shapes)."""
+    ltype, organ = lesion
+    return LesionSpec(type=ltype, organ=organ_family(organ)).diameter_mm
+
+
+def _size_note(name: str, default: float | tuple[float, float] | None) -> str:
+    if default is None:
+        size = "drawn per lesion by the lesion engine"
+    else:
+        size = (f"{default:g}" if not isinstance(default, tuple) else f"{default[0]:g}-{default[1]:g}") + " mm"
+    return (f"{name}: no real lesion in the dataset to match sizes to; sizes from the lesion spec's default "
+            f"({size}; --sizes to choose)")
+
+
 def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | None = None, seed: int = 0,
-              size_mm: float | None = None, generator: str = "insert") -> Plan:
+              size_mm: float | Sequence[float] | None = None, generator: str = "insert",
+              phase: str = "auto") -> Plan:
     """Plan the synthetic items; raises InputError when a rare class cannot be generated.
 
     ``generator``: ``insert`` (the lesion engine into real host scans) or ``diffusion`` (whole
     new cases from a prompt by the shipped text -> CT pipeline; segmentation sets only).
+    ``size_mm``: one diameter or several to draw from (None: matched to the real lesions, or the
+    lesion spec's default for a class with none). ``phase``: the contrast phase of inserted
+    lesions, or ``auto`` (`plan_phase`).
     """
     if generator not in GENERATORS:
         raise InputError(f"unknown generator {generator!r}; choose {' or '.join(GENERATORS)}")
     if generator == "diffusion" and ds.task != "seg":
         raise InputError("the diffusion generator makes segmentation cases (a CT and its label map); "
                          "classification sets use insert")
+    if phase not in ("auto", *PHASES):
+        raise InputError(f"unknown phase {phase!r}; --phase takes auto, {', '.join(PHASES)}")
+    sizes = _check_sizes(size_mm)
     counts, limited = _within_budget(synthetic_counts(analysis, target), budget)
     stats = analysis.by_name()
     notes: list[str] = []
@@ -274,53 +445,37 @@ def make_plan(ds: Dataset, analysis: Analysis, target: Target, *, budget: int | 
         if lesion is None:
             raise InputError(f"cannot generate class {name!r}: only lesion classes (tumour, cyst, metastasis, "
                              "nodule, haemorrhage in liver, kidney, spleen, pancreas, lung) are generated so far")
-        ltype, organ = lesion
-        if generator == "diffusion":
-            host_cls, hosts, gen = organ, [None], "text_to_ct"
-            phase, why = "auto", (f"{name}: whole cases generated by the text -> CT pipeline (shipped weights), "
-                                  "label map from the anatomy library")
-            geom = _case_geometry(ds, stats[name].cases or [it.id for it in ds.items])
-        elif ds.task == "cls":  # hosts: scans of the classes that are not lesions; organ read by the segmenter
-            host_cls, gen = organ, "lesion_insert_segmented"
-            hosts = [c for s in analysis.classes if lesion_of_class(s.name) is None for c in s.cases]
-            if not hosts:
-                raise InputError(f"no host scan for {name!r}: every class of this dataset is a lesion class")
-            phase, why = "auto", f"{name}: organ mask from the shipped segmenter, phase estimated per host"
-        else:
-            host_cls, gen = _host_class(organ, ds), "lesion_insert"
-            if host_cls is None:
-                raise InputError(f"cannot place {name!r}: the dataset labels no {organ!r} to host it "
-                                 f"(classes: {', '.join(ds.class_names)})")
-            hosts = [c for c in stats[host_cls].cases if c not in set(stats[name].cases)]
-            if not hosts:
-                raise InputError(f"no host scan for {name!r}: every case with {host_cls} already has it")
-            phase, why = matched_phase(ds, stats[name], ltype, host_cls)
-        real = stats[name].lesion_diameters_mm
-        if size_mm is None and not real:
-            notes.append(f"{name}: no real lesion to match sizes to; using 20 mm")
-        notes.append(why)
-        order = rng.permutation(len(hosts))
+        src = _source(ds, analysis, name, lesion, generator=generator, phase=phase)
+        real, default = stats[name].lesion_diameters_mm, _default_size(lesion)
+        if sizes is None and not real:
+            notes.append(_size_note(name, default))
+        notes.append(src.note)
+        order = rng.permutation(len(src.hosts))
         for k in range(n):
-            idx = len(items)
-            item_rng = np.random.default_rng([seed, idx])
-            if size_mm is not None:
-                d = float(size_mm)
-            elif real:
-                d = float(np.clip(item_rng.choice(real) * item_rng.uniform(0.9, 1.1), 3.0, 150.0))
-            else:
-                d = 20.0
-            if gen == "text_to_ct":
-                items.append(PlanItem(index=idx, class_name=name, generator=gen, host=None, lesion_type=ltype,
-                                      organ=host_cls, diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31)),
-                                      prompt=f"CT, {d / 10:.1f} cm {ltype} in the {organ}", size=geom[0],
-                                      spacing_mm=geom[1]))
-                continue
-            items.append(PlanItem(index=idx, class_name=name, generator=gen,
-                                  host=hosts[int(order[k % len(hosts)])], lesion_type=ltype, organ=host_cls,
-                                  diameter_mm=round(d, 1), seed=int(item_rng.integers(2**31)), phase=phase))
+            host = src.hosts[int(order[k % len(src.hosts)])]
+            items.append(_item(len(items), name, lesion, src, host, rng=np.random.default_rng([seed, len(items)]),
+                               real=real, sizes=sizes, default=default))
     if limited:
         notes.append(f"budget {budget}: counts scaled down from {sum(synthetic_counts(analysis, target).values())}")
     return Plan(target=target, counts=counts, items=items, budget_limited=limited, notes=notes, seed=seed)
+
+
+def _item(index: int, name: str, lesion: tuple[str, str], src: _Source, host: str | None, *,
+          rng: np.random.Generator, real: list[float], sizes: list[float] | None,
+          default: float | tuple[float, float] | None) -> PlanItem:
+    """Plan item ``index`` of class ``name``: its size and seed come from its own ``rng``."""
+    ltype, organ = lesion
+    d = _diameter(rng, real, sizes, default)
+    if src.generator == "text_to_ct":
+        assert src.geometry is not None  # _source sets it for whole new cases
+        d = PROMPT_DIAMETER_MM if d is None else d  # a prompt states a size
+        return PlanItem(index=index, class_name=name, generator=src.generator, host=None, lesion_type=ltype,
+                        organ=src.organ, diameter_mm=round(d, 1), seed=int(rng.integers(2**31)),
+                        prompt=f"CT, {d / 10:.1f} cm {ltype} in the {organ}", size=src.geometry[0],
+                        spacing_mm=src.geometry[1])
+    return PlanItem(index=index, class_name=name, generator=src.generator, host=host, lesion_type=ltype,
+                    organ=src.organ, diameter_mm=None if d is None else round(d, 1), seed=int(rng.integers(2**31)),
+                    phase=src.phase)
 
 
 def fraction_after(analysis: Analysis, counts: dict[str, int]) -> dict[str, float]:

@@ -7,8 +7,11 @@ Sections (each optional; a missing input is said so in one line on the page):
 2. the plan: target, counts, notes and its first items;
 3. a gallery of synthetic cases (axial | coronal | sagittal through the lesion centre, labels
    outlined) plus any DRR PNGs given;
-4. the downstream evaluation (``evaluation.json``): metric tables (mean ± std over seeds),
-   deltas, verdict, split sizes and validation learning curves.
+4. the downstream evaluation (``evaluation.json``): split sizes, what each arm trained on, the
+   validation learning curves, and per test set (the dataset's own test split, then every
+   external ``--test`` set) the metric tables (mean ± std over seeds), every arm's deltas vs
+   ``real`` and ``weighted`` with their seed spreads, the verdict and the flags (another class
+   that drops by more than its seed spread when synthetic cases are added).
 
 The page needs no server, no JavaScript and no network: every image is a relative link into
 ``report_files/``; every text is HTML-escaped.
@@ -28,7 +31,7 @@ import numpy as np
 
 from synthgen._version import __version__
 from synthgen.errors import InputError, OverwriteError
-from synthgen.expand.evaluation import Evaluation, Stat
+from synthgen.expand.evaluation import ArmResult, Deltas, Evaluation, Stat
 from synthgen.expand.manifest import ManifestLine
 from synthgen.expand.summary import ExpansionSummary
 from synthgen.files.atomic import atomic_dir, write_text
@@ -54,6 +57,7 @@ td:first-child,th:first-child{text-align:left}
 tr.rare td{background:#fff3f0}.tag{color:#c0282d;font-weight:600;font-size:.85em}
 .skip{color:#777;font-style:italic}.pos{color:#1a7f37}.neg{color:#c0282d}
 .verdict{border-left:4px solid #3c64b4;background:#f2f5fb;padding:6px 12px;margin:.6em 0}
+.flags{border-left:4px solid #c0282d;background:#fff3f0;padding:6px 12px 6px 28px;margin:.6em 0}
 figure{display:inline-block;margin:8px 14px 14px 0;vertical-align:top}
 figcaption{font-size:.85em;color:#444;max-width:760px}img{max-width:100%;border:1px solid #ddd}
 nav a{margin-right:14px}code{background:#f3f3f3;padding:0 3px}
@@ -213,7 +217,8 @@ def _synthetic_diameters(name: str, summary: ExpansionSummary,
     """The synthetic lesions' diameters of class ``name``: as inserted (manifest), else as planned."""
     if manifest is not None:
         return [m.lesion.diameter_mm for m in manifest if m.class_name == name], "synthetic"
-    return [i.diameter_mm for i in summary.plan.items if i.class_name == name], "synthetic (planned)"
+    return [i.diameter_mm for i in summary.plan.items if i.class_name == name and i.diameter_mm is not None], \
+        "synthetic (planned)"
 
 
 def _diameter_figures(summary: ExpansionSummary, manifest: list[ManifestLine] | None, files: Path) -> list[str]:
@@ -255,7 +260,8 @@ def _plan_section(summary: ExpansionSummary | None) -> str:
     out.append(_table(["rare class", "cases before", "synthetic", "cases after"], rows))
     if plan.notes:
         out.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in plan.notes) + "</ul>")
-    rows = [[_e(i.name), _e(i.class_name), _e(i.generator), _e(i.host), f"{i.diameter_mm:.1f}", _e(i.seed)]
+    rows = [[_e(i.name), _e(i.class_name), _e(i.generator), _e(i.host),
+             "spec default" if i.diameter_mm is None else f"{i.diameter_mm:.1f}", _e(i.seed)]
             for i in plan.items[:PLAN_ROWS]]
     if rows:
         out.append(_table(["item", "class", "generator", "host", "diameter mm", "seed"], rows))
@@ -378,20 +384,46 @@ def _evaluation_section(ev: Evaluation | None, files: Path) -> str:
                f"{len(ev.seeds)} seeds ({_e(', '.join(str(s) for s in ev.seeds))}), {ev.seconds:.0f} s.</p>")
     split = dataclasses.asdict(ev.split)
     out.append(_table(["split", *split], [["items", *(_e(v) for v in split.values())]]))
-    out.append(_table(["arm", *ev.arms], [["training items", *(_e(a.n_train) for a in ev.arms.values())]]))
-    metrics = list(dict.fromkeys(m for a in ev.arms.values() for c in a.summary.values() for m in c))
+    out.append(_arms_table(ev))
+    out += _curves(ev, files)
+    for k, (name, what, _, arms, deltas, verdict, flags) in enumerate(ev.results()):
+        out.append(f'<h3 id="test-{k}">Test set {_e(name)}: {_e(what)}</h3>')
+        out += _metric_tables(arms, ev.classes, rare)
+        out.append(_deltas(arms, deltas, rare))
+        out.append(f'<p class="verdict"><b>Verdict:</b> {_e(verdict)}</p>')
+        if flags:
+            out.append('<ul class="flags">' + "".join(f"<li>{_e(f)}</li>" for f in flags) + "</ul>")
+        elif len(ev.seeds) < 2:
+            out.append(_skip("One seed: no seed spread to judge another class's drop against."))
+        else:
+            out.append("<p>No other class drops by more than its seed spread when synthetic cases are added.</p>")
+    return "\n".join(out)
+
+
+def _arms_table(ev: Evaluation) -> str:
+    """What each arm trained on: training items, how many synthetic, the loss's class weights."""
+    synthetic = [sum(i.startswith("synth_") for i in a.train_ids) if a.train_ids else None for a in ev.arms.values()]
+    weights = ["–" if a.class_weights is None else _e(", ".join(f"{k} {v:g}" for k, v in a.class_weights.items()))
+               for a in ev.arms.values()]
+    rows = [["training items", *(_e(a.n_train) for a in ev.arms.values())],
+            ["of them synthetic", *("–" if n is None else _e(n) for n in synthetic)],
+            ["loss class weights", *weights]]
+    return _table(["arm", *ev.arms], rows)
+
+
+def _metric_tables(arms: dict[str, ArmResult], classes: list[str], rare: set[str]) -> list[str]:
+    out = []
+    metrics = list(dict.fromkeys(m for a in arms.values() for c in a.summary.values() for m in c))
     for metric in metrics:
-        out.append(f"<h3>{_e(metric)} (mean ± std over seeds; best arm in bold)</h3>")
+        out.append(f"<h4>{_e(metric)} (mean ± std over seeds; best arm in bold)</h4>")
         rows = []
-        for c in ev.classes:
-            cells = [a.summary.get(c, {}).get(metric) for a in ev.arms.values()]  # organs have Dice only
+        for c in classes:
+            cells = [a.summary.get(c, {}).get(metric) for a in arms.values()]  # organs have Dice only
             means = [x.mean for x in cells if x is not None and x.mean is not None]
             rows.append([_name_cell(c, c in rare), *(_stat_cell(x, best=bool(means) and x is not None
                                                                 and x.mean == max(means)) for x in cells)])
-        out.append(_table(["class", *ev.arms], rows, [c in rare for c in ev.classes]))
-    out.append(_deltas(ev, rare))
-    out += _curves(ev, files)
-    return "\n".join(out)
+        out.append(_table(["class", *arms], rows, [c in rare for c in classes]))
+    return out
 
 
 def _stat_cell(x: Stat | None, *, best: bool) -> str:
@@ -401,24 +433,37 @@ def _stat_cell(x: Stat | None, *, best: bool) -> str:
     return f"<b>{_e(text)}</b>" if best else _e(text)
 
 
-def _deltas(ev: Evaluation, rare: set[str]) -> str:
-    out = ["<h3>Differences between arms (means over seeds)</h3>"]
-    if not ev.deltas:
-        out.append(_skip("No deltas: the evaluation has no real+synthetic arm or nothing to compare it with."))
-    else:
-        metrics = list(dict.fromkeys(m for d in ev.deltas.values() for c in d.values() for m in c))
-        rows, marks = [], []
-        for comp, per_class in ev.deltas.items():
-            for c, vals in per_class.items():
-                cells = []
-                for m in metrics:
-                    v = vals.get(m)  # organs have Dice only
-                    cells.append("–" if v is None else f'<span class="{"pos" if v > 0 else "neg" if v < 0 else ""}">'
-                                 f"{v:+.3f}</span>")
-                rows.append([_e(comp), _name_cell(c, c in rare), *cells])
-                marks.append(c in rare)
-        out.append(_table(["comparison", "class", *metrics], rows, marks))
-    out.append(f'<p class="verdict"><b>Verdict:</b> {_e(ev.verdict)}</p>')
+def _spread(arms: dict[str, ArmResult], comparison: str, name: str, metric: str) -> float | None:
+    """The seed spread of ``"A - B"`` for one class and metric: the sum of the two arms' stds."""
+    a, _, b = comparison.partition(" - ")
+    stats = [arms[x].summary.get(name, {}).get(metric) if x in arms else None for x in (a, b)]
+    return None if any(s is None for s in stats) else stats[0].std + stats[1].std
+
+
+def _delta_cell(v: float | None, spread: float | None) -> str:
+    if v is None:
+        return "–"
+    cls = "pos" if v > 0 else "neg" if v < 0 else ""
+    text = f"{v:+.3f}" + ("" if spread is None else f" (spread {spread:.3f})")
+    if spread is not None and abs(v) > spread:
+        text = f"<b>{_e(text)}</b>"
+    return f'<span class="{cls}">{text}</span>'
+
+
+def _deltas(arms: dict[str, ArmResult], deltas: Deltas, rare: set[str]) -> str:
+    out = [("<h4>Differences vs real and weighted (difference of means; the seed spread, the sum of the two "
+            "stds, in brackets; bold where the difference is larger)</h4>")]
+    if not deltas:
+        out.append(_skip("No deltas: the evaluation has no arm to compare with real or weighted."))
+        return "\n".join(out)
+    metrics = list(dict.fromkeys(m for d in deltas.values() for c in d.values() for m in c))
+    rows, marks = [], []
+    for comp, per_class in deltas.items():
+        for c, vals in per_class.items():
+            cells = [_delta_cell(vals.get(m), _spread(arms, comp, c, m)) for m in metrics]  # organs have Dice only
+            rows.append([_e(comp), _name_cell(c, c in rare), *cells])
+            marks.append(c in rare)
+    out.append(_table(["comparison", "class", *metrics], rows, marks))
     return "\n".join(out)
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "Appearance",
     "NoiseModel",
     "appearance",
+    "core_weight",
     "correlated_noise",
     "estimate_noise",
     "estimate_phase",
@@ -54,7 +55,8 @@ __all__ = [
     "texture",
 ]  # fmt: skip
 
-LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_glass", "hemorrhage")
+#: New types go at the end: the shipped text encoder embeds the first six by position.
+LESION_TYPES = ("tumor", "cyst", "metastasis", "nodule_solid", "nodule_ground_glass", "hemorrhage", "nodule_part_solid")
 ORGANS = ("liver", "kidney", "spleen", "pancreas", "lung")
 PHASES = ("non_contrast", "arterial", "portal_venous", "delayed")
 #: Wildcard of the table's organ and phase columns: "any organ" / "every phase".
@@ -520,6 +522,20 @@ def texture(
             out = (1 - w) * out + w * (look.rim_hu + RIM_TEXTURE * het)
     out[occ <= 0] = base
     return out.astype(np.float32, copy=False)
+
+
+def core_weight(occupancy: np.ndarray, fraction: float, *, spacing_mm: Any) -> np.ndarray:
+    """0..1 weight (float32) of a lesion's central core, e.g. the solid part of a part-solid nodule.
+
+    1 deeper inside than ``(1 - fraction)`` of the deepest voxel's depth (mm from the boundary of
+    ``occupancy >= 0.5``), so the core is the lesion shrunk to about ``fraction`` of its size;
+    blended over a soft edge of up to 2 mm (as the necrotic core of `texture`).
+    """
+    occ = _occupancy(occupancy)
+    sp = _spacing(spacing_mm)
+    if not _is_number(fraction) or not 0 < fraction < 1:
+        raise InputError(f"fraction must be in (0, 1), got {fraction!r}")
+    return _necrosis_weight(_depth_mm(occ, sp), float(fraction)).astype(np.float32)
 
 
 def _texture_options(look: Any, necrosis: Any, rim: Any, heterogeneity_mm: Any, rim_mm: Any) -> bool:

@@ -8,7 +8,14 @@ The insertion contract:
 * the label map gets the lesion's vocabulary id where the lesion's occupancy is
   at least 0.5, and the record gives each lesion's centre (world mm), measured
   sphere-equivalent diameter, volume (ml), mean HU (over the mask, and over its core where the
-  occupancy is 1, i.e. without the partial-volume edge), phase, type and seed.
+  occupancy is 1, i.e. without the partial-volume edge), phase, type and seed;
+* its ``shape`` entry says which shape model drew it and why (`shape_source`): ``procedural``
+  (`synthgen.lesions.shape`) or ``lidc`` (a radiologist's outline, `synthgen.lesions.lidc`, with
+  the annotation's id, scan, patient, ratings and scale factor).
+
+Ground-glass nodules are added to the lung (the vessels and the host's noise show through);
+part-solid nodules are ground glass with a solid core (30-70% of the nodule's size, drawn) whose
+HU and noise replace the host's, like a solid nodule.
 """
 
 from __future__ import annotations
@@ -23,19 +30,23 @@ from synthgen.errors import InputError
 from synthgen.lesions.appearance import (
     NoiseModel,
     appearance,
+    core_weight,
     correlated_noise,
     estimate_noise,
     estimate_phase,
     texture,
 )
+from synthgen.lesions.lidc import NoduleLibrary, lidc_available
 from synthgen.lesions.shape import Shape, lesion_shape
-from synthgen.lesions.spec import LesionSpec
+from synthgen.lesions.spec import DEFAULT_DIAMETER_MM, NODULE_TYPES, LesionSpec
 from synthgen.vocab import Vocabulary
 from synthgen.volume import Volume
 
 #: Tries of random centres per shape, and of shapes, before the organ is declared too small.
 _PLACEMENT_TRIES = 300
 _SHAPE_TRIES = 4
+#: Size of the solid core of a part-solid nodule, as a fraction of the nodule's (drawn uniformly).
+SOLID_CORE_FRACTION = (0.3, 0.7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +87,34 @@ def _rng(spec: LesionSpec, spec_index: int, k: int) -> np.random.Generator:
 
 
 def _diameter(spec: LesionSpec, rng: np.random.Generator) -> float:
-    d = spec.diameter_mm
+    d = DEFAULT_DIAMETER_MM if spec.diameter_mm is None else spec.diameter_mm
     return float(rng.uniform(*d)) if isinstance(d, tuple) else float(d)
+
+
+def shape_source(spec: LesionSpec) -> tuple[str, str]:
+    """Which shape model draws the lesions of ``spec`` (``"procedural"`` or ``"lidc"``), and why."""
+    if spec.shape == "procedural":
+        return "procedural", "asked for (shape 'procedural')"
+    if spec.type not in NODULE_TYPES:
+        return "procedural", f"{spec.shape}: LIDC outlines are lung nodules only"
+    if spec.shape == "lidc":
+        return "lidc", "asked for (shape 'lidc')"
+    if lidc_available():
+        return "lidc", "auto: a lung nodule, and the lidc data source is installed"
+    return "procedural", "auto: the lidc data source is not installed (`synthgen data fetch lidc`)"
+
+
+def _draw_shape(spec: LesionSpec, source: str, diameter: float | None, ct: Volume, rng) -> Shape:
+    """One shape of ``spec`` on the CT's grid: procedural at ``diameter``, or a LIDC outline selected by
+    type, size (``spec.diameter_mm``: None for the real distribution) and the ratings asked for."""
+    if source == "procedural":
+        return lesion_shape(diameter, ct.spacing, rng=rng, lobulation=spec.lobulation_amount,
+                            spiculation=spec.spiculation_amount)
+    library = NoduleLibrary.default()
+    chosen = library.select(spec.type.removeprefix("nodule_"), rng=rng, diameter_mm=spec.diameter_mm,
+                            spiculation=spec.spiculation, lobulation=spec.lobulation,
+                            min_diameter_mm=2 * float(ct.spacing.min()))
+    return library.shape(chosen, ct.spacing, direction=ct.direction)
 
 
 def _allowed(organ: np.ndarray, occupied: Occupied, start, mask: np.ndarray) -> bool:
@@ -236,9 +273,10 @@ def _insert_one(
     """Insert one lesion in place into the output arrays (the input arrays are never touched)."""
 
     sp = ct.spacing
-    diameter = _diameter(spec, rng)
+    source, why = shape_source(spec)
+    diameter = _diameter(spec, rng) if source == "procedural" else None
     for attempt in range(_SHAPE_TRIES):  # a new random orientation/outline may fit a narrow organ
-        shape = lesion_shape(diameter, sp, rng=rng, lobulation=spec.lobulation_amount, spiculation=spec.spiculation_amount)
+        shape = _draw_shape(spec, source, diameter, ct, rng)
         try:
             start = place(shape, organ, occupied, spacing=sp, margin_mm=spec.margin_mm, rng=rng, center_vox=center_vox)
             break
@@ -261,11 +299,14 @@ def _insert_one(
     tex = texture(occ, look, rng=rng, spacing_mm=sp, necrosis=spec.necrosis, rim=spec.rim)
     noise = correlated_noise(occ.shape, model, spacing_mm=sp, rng=rng)
     host = out_hu[inner].astype(np.float64 if out_hu.dtype == np.float64 else np.float32)
-    if spec.type == "nodule_ground_glass":
+    extra: dict[str, Any] = {}
+    if spec.type in ("nodule_ground_glass", "nodule_part_solid"):
         # ground glass partly fills the airspaces: attenuation rises but the vessels and the host's
         # own noise stay visible through it, so the haze is added to the lung, not substituted
         background = float(np.median(host[(occ == 0) & organ[inner]])) if (organ[inner] & (occ == 0)).any() else -850.0
         values = host + occ * (tex - background)
+        if spec.type == "nodule_part_solid":
+            values, extra = _solid_core(values, host, occ, noise, spec=spec, phase=phase, rng=rng, spacing=sp)
     else:
         values = (1 - occ) * host + occ * (tex + noise)
     out_hu[inner] = _cast_like(values, out_hu.dtype)
@@ -274,13 +315,24 @@ def _insert_one(
     out_lab[inner][lesion] = label_id
     return {
         "shape": shape,
-        "requested_mm": diameter,
+        "shape_info": {"source": source, "source_reason": why, **shape.params, **extra},
+        "requested_mm": diameter if diameter is not None else shape.params["requested_diameter_mm"],
         "center_vox": tuple(int(s + c) for s, c in zip(start, shape.center)),
         "work_box": (lo, hi),
         "noise": model,
         "mean_hu": float(out_hu[inner][lesion].mean()),
         "core_mean_hu": float(out_hu[inner][core].mean()) if core.any() else None,
     }
+
+
+def _solid_core(values, host, occ, noise, *, spec: LesionSpec, phase: str, rng, spacing) -> tuple[np.ndarray, dict]:
+    """Part-solid nodule: a solid core (the `nodule_solid` appearance, the host's noise) over the
+    ground glass ``values``, ``fraction`` of the nodule's size (`SOLID_CORE_FRACTION`, drawn)."""
+    fraction = float(rng.uniform(*SOLID_CORE_FRACTION))
+    solid = texture(occ, appearance("nodule_solid", spec.family, phase), rng=rng, spacing_mm=spacing)
+    w = core_weight(occ, fraction, spacing_mm=spacing)
+    core = (1 - occ) * host + occ * (solid + noise)
+    return (1 - w) * values + w * core, {"solid_core_fraction": round(fraction, 4)}
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -295,7 +347,8 @@ def insert_lesions(ct: Volume, labels: Volume, specs: LesionSpec | list[LesionSp
 
     Raises:
         InputError: grids differ, the organ is absent or too small, a type/organ pair has no
-            appearance, or a requested location does not fit. Nothing is modified on error.
+            appearance, a requested location does not fit, or shape 'lidc' is asked for where the
+            lidc data source is missing (`MissingSource`). Nothing is modified on error.
     """
 
     specs = [specs] if isinstance(specs, LesionSpec) else list(specs)
@@ -386,5 +439,5 @@ def _record(info: dict, spec: LesionSpec, ct: Volume, label_id: int, phase: str)
         box_stop=tuple(int(v) for v in hi),
         noise_std_hu=round(float(info["noise"].std_hu), 3),
         mass_effect_mm=float(spec.mass_effect_mm),
-        shape=shape.params,
+        shape=info["shape_info"],
     )

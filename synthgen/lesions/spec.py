@@ -20,11 +20,18 @@ from synthgen.lesions.appearance import ORGANS as ORGAN_FAMILIES  # organ famili
 from synthgen.lesions.appearance import PHASES as _TABLE_PHASES
 
 PHASES = ("auto", *_TABLE_PHASES)
+#: Shape models: "procedural" (a deformed ellipsoid, `synthgen.lesions.shape`), "lidc" (a radiologist's
+#: outline of a real nodule, `synthgen.lesions.lidc`; nodule types only), "auto" (LIDC outlines for
+#: nodules when the lidc source is installed, else procedural).
+SHAPES = ("auto", "procedural", "lidc")
+NODULE_TYPES = tuple(t for t in LESION_TYPES if t.startswith("nodule_"))
+#: Size of a spec that gives none, for procedural shapes (LIDC shapes draw the real sizes instead).
+DEFAULT_DIAMETER_MM = 20.0
 #: Most lesions of one spec: more cannot be placed apart from each other in any organ.
 MAX_COUNT = 100
 #: Surface irregularity by type: cysts are smooth and round, haemorrhages and tumours irregular.
 _DEFAULT_LOBULATION = {"tumor": 0.25, "cyst": 0.05, "metastasis": 0.2, "nodule_solid": 0.15,
-                       "nodule_ground_glass": 0.2, "hemorrhage": 0.3}
+                       "nodule_ground_glass": 0.2, "nodule_part_solid": 0.2, "hemorrhage": 0.3}
 
 
 def _suggest(value: str, valid: Sequence[str], what: str) -> InputError:
@@ -51,7 +58,9 @@ class LesionSpec:
     Args:
         type: one of `LESION_TYPES`.
         organ: host structure: a vocabulary name or group (liver, kidney, kidney_left, lung, ...).
-        diameter_mm: sphere-equivalent diameter, or ``(min, max)`` to sample uniformly per lesion.
+        diameter_mm: sphere-equivalent diameter, or ``(min, max)`` to sample uniformly per lesion;
+            None: 20 mm for procedural shapes, a size from the real distribution of the nodule type
+            for LIDC shapes (for which a range draws from that distribution inside the range).
         count: how many lesions of this spec.
         location: ``"auto"`` (random inside the organ, ``margin_mm`` from its surface) or a
             world point ``(x, y, z)`` in RAS+ mm for the first lesion's centre.
@@ -62,13 +71,19 @@ class LesionSpec:
         rim: enhancing rim/capsule: True, False, or None to follow the appearance table.
         mass_effect_mm: peak displacement of the surrounding tissue (0: none).
         lobulation: amplitude of the smooth surface deformation (0: an ellipsoid; None: by type,
-            from 0.05 for cysts to 0.3 for haemorrhages).
+            from 0.05 for cysts to 0.3 for haemorrhages). LIDC shapes: None takes any outline, a
+            value the outlines whose lobulation rating (1-5) is nearest ``1 + 4 x value``.
         spiculation: amplitude of radial spikes (0: none; None: 0.3 for solid nodules, else 0).
+            LIDC shapes: as lobulation, with the spiculation rating.
+        shape: one of `SHAPES`: ``"procedural"``, ``"lidc"`` (lung nodule types only: a real
+            outline from the LIDC-IDRI database; needs the ``lidc`` data source) or ``"auto"``
+            (``"lidc"`` for nodules when that source is installed, else ``"procedural"``; each
+            lesion's record says which, and why).
     """
 
     type: str = "tumor"
     organ: str = "liver"
-    diameter_mm: float | tuple[float, float] = 20.0
+    diameter_mm: float | tuple[float, float] | None = None
     count: int = 1
     location: str | tuple[float, float, float] = "auto"
     phase: str = "auto"
@@ -79,10 +94,16 @@ class LesionSpec:
     mass_effect_mm: float = 0.0
     lobulation: float | None = None
     spiculation: float | None = None
+    shape: str = "auto"
 
     def __post_init__(self) -> None:
         if self.type not in LESION_TYPES:
             raise _suggest(str(self.type), LESION_TYPES, "lesion type")
+        if self.shape not in SHAPES:
+            raise _suggest(str(self.shape), SHAPES, "shape")
+        if self.shape == "lidc" and self.type not in NODULE_TYPES:
+            raise InputError(f"shape 'lidc' draws lung nodules ({', '.join(NODULE_TYPES)}), got type {self.type!r}; "
+                             "use shape 'procedural' or 'auto'")
         if self.phase not in PHASES:
             raise _suggest(str(self.phase), PHASES, "phase")
         family = organ_family(self.organ) if isinstance(self.organ, str) else None
@@ -151,14 +172,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _diameter(value: Any) -> float | tuple[float, float]:
+def _diameter(value: Any) -> float | tuple[float, float] | None:
+    if value is None:
+        return None
     vals = value if isinstance(value, (tuple, list)) else (value,)
     try:
         nums = tuple(float(v) for v in vals)
     except (TypeError, ValueError):
         nums = ()
     if len(nums) not in (1, 2) or any(not 1.0 <= v <= 200.0 for v in nums) or (len(nums) == 2 and nums[0] > nums[1]):
-        raise InputError(f"diameter_mm must be a size in mm (1-200) or a range [min, max], got {value!r}")
+        raise InputError(f"diameter_mm must be a size in mm (1-200), a range [min, max] or null (by shape), got {value!r}")
     return nums[0] if len(nums) == 1 else nums  # type: ignore[return-value]
 
 

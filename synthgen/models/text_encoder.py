@@ -30,6 +30,10 @@ MAX_REGIONS = 3
 MAX_FINDINGS = 4
 CONTEXT_TOKENS = 1 + 1 + MAX_REGIONS + MAX_FINDINGS
 _PHASES = ("unknown", *PROMPT_PHASES)
+#: Lesion types the shipped weights embed, by position. Types added later are encoded as the nearest
+#: of these (the prompt parser reads "part-solid" as ground-glass too), so the weights still load.
+ENCODED_TYPES = LESION_TYPES[:6]
+_ENCODED_AS = {"nodule_part_solid": "nodule_ground_glass"}
 
 
 def _organ_index(organ: str) -> int:
@@ -54,7 +58,7 @@ def spec_to_indices(spec: PromptSpec | None) -> dict[str, torch.Tensor]:
             regions[k] = REGIONS.index(r) + 1
             present[1 + k] = True
         for k, f in enumerate(spec.findings[:MAX_FINDINGS]):
-            ftype[k] = LESION_TYPES.index(f.lesion_type) + 1
+            ftype[k] = ENCODED_TYPES.index(_ENCODED_AS.get(f.lesion_type, f.lesion_type)) + 1
             forgan[k] = _organ_index(f.organ)
             size = f.diameter_mm if f.diameter_mm is not None else 20.0
             fnum[k] = torch.tensor([math.log(size / 20.0), math.log(f.count)])
@@ -74,7 +78,7 @@ class SpecEncoder(nn.Module):
         self.dim = dim
         self.phase = nn.Embedding(len(_PHASES), dim)
         self.region = nn.Embedding(len(REGIONS) + 1, dim)
-        self.ftype = nn.Embedding(len(LESION_TYPES) + 1, dim)
+        self.ftype = nn.Embedding(len(ENCODED_TYPES) + 1, dim)
         self.forgan = nn.Embedding(len(LESION_ORGANS) + 1, dim)
         self.fnum = nn.Sequential(nn.Linear(2, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.spacing = nn.Sequential(nn.Linear(3, dim), nn.SiLU(), nn.Linear(dim, dim))

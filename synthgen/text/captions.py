@@ -30,6 +30,7 @@ _NOUNS = {
     "metastasis": ("hypodense metastasis", "metastatic lesion", "metastasis"),
     "nodule_solid": ("solid nodule", "solid pulmonary nodule", "spiculated solid nodule"),
     "nodule_ground_glass": ("ground-glass nodule", "ground-glass opacity", "subsolid nodule"),
+    "nodule_part_solid": ("part-solid nodule", "mixed-attenuation nodule", "subsolid nodule with a solid component"),
     "hemorrhage": ("hyperdense hematoma", "acute hemorrhage", "hyperdense bleed"),
 }
 _LESION_SENTENCES = ("{Article} {size} {noun} in {organ}.", "There is {article} {size} {noun} in {organ}.",
